@@ -1,0 +1,123 @@
+"""A study folder -> tidy DataFrames (the output contract of DESIGN.md).
+
+Reads Tune's per-trial files directly (`params.json`, `result.json`, `error.txt`),
+so a report needs neither Ray running nor the study to be finished.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TUNE_DIR = "tune"
+STUDY_FILE = "study.json"
+
+# Reported by every trial row; columns not here and not metrics are config.
+CONTRACT_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "gap_acc", "gap_loss",
+                    "weight_norm", "grad_norm", "time_s"]
+# Per-trial facts the trial reports with every row; they go to trials.parquet.
+TRIAL_FACTS = ["n_params", "device", "gpu_name", "hostname", "node_id", "num_threads"]
+# Tune's own bookkeeping columns we drop from the history.
+_TUNE_COLUMNS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
+                 "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
+                 "should_checkpoint", "trial_id"}
+
+
+def read_study(folder: Path) -> dict:
+    path = Path(folder) / STUDY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: not a study folder (no {STUDY_FILE}); run `python -m sweeps run SPEC` first")
+    return json.loads(path.read_text())
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """result.json is one JSON object per line; a line cut short by a crash is skipped."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def _trial_config(trial_dir: Path) -> dict | None:
+    try:
+        params = json.loads((trial_dir / "params.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {**params.get("cell", {}), **{k: v for k, v in params.items() if k != "cell"}}
+
+
+def _hashable(value):
+    return "-".join(map(str, value)) if isinstance(value, list) else value
+
+
+def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(history, trials) for a study folder. History: one row per trial x evaluation,
+    each epoch once (a restarted trial re-reports epochs after its checkpoint; the
+    last report wins). Trials: one row per trial with config, final metrics,
+    `status` (ok / diverged / error / incomplete), `epochs_done` and wall time."""
+    folder = Path(folder)
+    history_parts, trial_rows = [], []
+    tune_dir = folder / TUNE_DIR
+    for trial_dir in sorted(p for p in tune_dir.glob("*") if p.is_dir()):
+        config = _trial_config(trial_dir)
+        if config is None:
+            continue
+        config = {k: _hashable(v) for k, v in config.items()}
+        trial_id = trial_dir.name
+        rows = [r for r in _read_rows(trial_dir / "result.json") if "epoch" in r]
+        errored = (trial_dir / "error.txt").exists()
+        record = {"trial_id": trial_id, **config}
+        if rows:
+            frame = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch")
+            facts = {k: frame[k].iloc[-1] for k in TRIAL_FACTS if k in frame}
+            frame = frame.drop(columns=[c for c in frame.columns if c in _TUNE_COLUMNS or c in TRIAL_FACTS])
+            for key, value in config.items():
+                frame[key] = value
+            frame.insert(0, "trial_id", trial_id)
+            history_parts.append(frame)
+            last = frame.iloc[-1].to_dict()
+            status = last.get("status", "ok")
+            record.update({f"final_{k}": v for k, v in last.items() if k not in config and k not in ("trial_id", "status")})
+            record.update(facts)
+            record["epochs_done"] = int(last["epoch"])
+            record["wall_s"] = float(last.get("time_s", np.nan))
+        else:
+            status = "incomplete"
+            record.update(epochs_done=0, wall_s=np.nan)
+        if status == "running":
+            # Stopped before its last epoch: by the scheduler (ok), a crash, or still running.
+            status = "error" if errored else ("ok" if _terminated(tune_dir, trial_id) else "incomplete")
+        elif errored and status != "diverged" and not rows:
+            status = "error"
+        record["status"] = status
+        trial_rows.append(record)
+    history = pd.concat(history_parts, ignore_index=True) if history_parts else pd.DataFrame()
+    trials = pd.DataFrame(trial_rows)
+    return history, trials
+
+
+def _terminated(tune_dir: Path, trial_id: str) -> bool:
+    """Whether Tune's experiment state records the trial as TERMINATED (e.g. stopped
+    early by ASHA), as opposed to interrupted."""
+    for state_file in sorted(tune_dir.glob("experiment_state-*.json"), reverse=True):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        for entry in state.get("trial_data", []):
+            try:
+                meta = json.loads(entry[1]) if isinstance(entry, list) else entry
+                trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+            except (TypeError, ValueError):
+                continue
+            if trial.get("trial_id") == trial_id:
+                return meta.get("status", trial.get("status")) == "TERMINATED"
+    return False

@@ -1,0 +1,123 @@
+"""Write a study's tables, figures and index page.
+
+    python -m analysis report results/wd-quick
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.collect import collect, read_study
+from analysis.figures import KINDS, default_figures, figure_name, label
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)  # atomic
+
+
+def _varying(study: dict) -> list[str]:
+    spec = study["spec"]
+    keys = list(spec.get("grid") or {})
+    if spec.get("search"):
+        keys += list(spec["search"]["space"])
+    return keys
+
+
+def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
+    """Final metrics of ok trials as mean ± std over seeds, with n, per grid cell."""
+    ok = trials[trials["status"] == "ok"]
+    keys = [k for k in _varying(study) if k in ok]
+    metrics = [c for c in ("final_train_acc", "final_val_acc", "final_test_acc", "final_gap_acc", "final_weight_norm")
+               if c in ok]
+    if ok.empty or not metrics:
+        return pd.DataFrame()
+    if study["spec"].get("search"):
+        table = ok[keys + ["epochs_done"] + metrics].sort_values(
+            "final_val_acc" if "final_val_acc" in metrics else metrics[0], ascending=False)
+        table[metrics] = table[metrics].round(4)
+        return table.rename(columns=lambda c: c.removeprefix("final_"))
+    grouped = ok.groupby(keys, dropna=False) if keys else ok.groupby(lambda _: "all")
+    out = pd.DataFrame({"n": grouped.size()})
+    for m in metrics:
+        mean, std = grouped[m].mean(), grouped[m].std().fillna(0.0)
+        out[m.removeprefix("final_")] = [f"{a:.4f} ± {s:.4f}" for a, s in zip(mean, std)]
+    return out.reset_index()
+
+
+def write_report(folder: Path) -> str:
+    """Write history.parquet, trials.parquet and report/ (PNGs + index.html) for a
+    study folder; returns a short text summary for the terminal."""
+    folder = Path(folder)
+    study = read_study(folder)
+    history, trials = collect(folder)
+    report_dir = folder / "report"
+    report_dir.mkdir(exist_ok=True)
+    _write_parquet(history, folder / "history.parquet")
+    _write_parquet(trials, folder / "trials.parquet")
+
+    expected = study["spec"]["search"]["num_samples"] if study["spec"].get("search") else study["n_cells"]
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    missing = max(0, expected - len(trials)) + counts.get("incomplete", 0)
+    figures = []
+    for i, fig_spec in enumerate(study["spec"].get("figures") or default_figures(study)):
+        path = KINDS[fig_spec["kind"]](history, trials, fig_spec, report_dir / figure_name(i, fig_spec))
+        if path is not None:
+            figures.append((path.name, fig_spec))
+    table = summary_table(trials, study) if len(trials) else pd.DataFrame()
+    _write_index(report_dir, study, trials, counts, missing, figures, table)
+
+    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+    lines = [f"{study['study']}: {len(trials)} of {expected} trials reported ({status})"]
+    if missing:
+        lines.append(f"  {missing} trial(s) missing or unfinished: run the same command again to finish them")
+    if counts.get("diverged"):
+        lines.append(f"  {counts['diverged']} diverged trial(s) are left out of means and figures")
+    if not table.empty:
+        lines.append(table.to_string(index=False))
+    lines.append(f"report: {report_dir / 'index.html'}")
+    return "\n".join(lines)
+
+
+def _write_index(report_dir: Path, study: dict, trials: pd.DataFrame, counts: dict, missing: int,
+                 figures: list, table: pd.DataFrame) -> None:
+    spec, prov = study["spec"], study["provenance"]
+    esc = html.escape
+    notes = []
+    if missing:
+        notes.append(f"{missing} trial(s) missing or unfinished; figures show the finished ones.")
+    if counts.get("diverged"):
+        notes.append(f"{counts['diverged']} trial(s) diverged (non-finite loss) and are excluded from means and figures.")
+    if counts.get("error"):
+        notes.append(f"{counts['error']} trial(s) failed; their tracebacks are in tune/&lt;trial&gt;/error.txt.")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(study['study'])}</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.note{color:#a40}</style></head><body>",
+        f"<h1>{esc(study['study'])}</h1><p>{esc(spec.get('description', ''))}</p>",
+        f"<p>Trials: {esc(', '.join(f'{n} {s}' for s, n in sorted(counts.items())) or 'none')}.</p>",
+        *[f"<p class='note'>{n}</p>" for n in notes],
+    ]
+    for name, fig_spec in figures:
+        ys = ", ".join(label(y) for y in fig_spec["y"])
+        x = label(fig_spec.get("x") or "epoch")
+        by = f"; lines: {label(fig_spec['hue'])}" if fig_spec.get("hue") else ""
+        by += f"; panels: {label(fig_spec['col'])}" if fig_spec.get("col") else ""
+        parts.append(f"<h2>{esc(ys)} vs {esc(x)}</h2><p>Mean over seeds, 95% CI band{esc(by)}.</p>"
+                     f"<img src='{esc(name)}' alt='{esc(ys)}'>")
+    if not table.empty:
+        parts.append("<h2>Final metrics</h2>" + table.to_html(index=False, border=0))
+    parts.append("<h2>Provenance</h2><pre>" + esc(json.dumps(
+        {"spec_file": study.get("source"), "profile": study.get("profile"), **prov}, indent=2)) + "</pre>")
+    parts.append("</body></html>")
+    tmp = report_dir / "index.html.tmp"
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, report_dir / "index.html")

@@ -1,0 +1,217 @@
+"""Spec -> `ray.tune.Tuner`: start or resume a study, then write its report.
+
+    python -m sweeps run sweeps/wd.yaml --profile quick
+
+Results go to `results/<study>/` (`<study>` = spec name, plus `-quick`/`-smoke`):
+`study.json` (spec + provenance), `tune/` (Tune's experiment: trial results and
+checkpoints), then `history.parquet`, `trials.parquet` and `report/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sweeps.provenance import provenance
+from sweeps.schema import Study
+from sweeps.specyaml import SpecError
+from trainables.families import get_family
+
+# Tune's new console output prints its own banners and tables regardless of
+# `verbose`; the legacy path honours verbose=0, and our ProgressPrinter reports.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Keeping one checkpoint per trial forces an experiment snapshot per checkpoint, which
+# is what makes resuming exact; the warning about that cost is noise at our scale.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+TUNE_DIR = "tune"
+STUDY_FILE = "study.json"
+# What makes two runs the same study; resources, figures and retries may change.
+_IDENTITY_KEYS = ("family", "fixed", "grid", "search", "scheduler", "seeds")
+
+
+def run_trial(config: dict, family: str, data) -> None:
+    """The Tune trainable: the grid cell's resolved config, plus searched values."""
+    flat = {**config["cell"], **{k: v for k, v in config.items() if k != "cell"}}
+    # One INFO line per checkpoint from Ray Train would flood the driver's console.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    get_family(family).train(flat, data)
+
+
+def study_dir_for(study: Study, results: Path, fresh: bool) -> Path:
+    base = results / study.study_name
+    if fresh and base.exists():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        return results / f"{study.study_name}-{stamp}"
+    return base
+
+
+def _identity(spec_dump: dict) -> dict:
+    return {k: spec_dump.get(k) for k in _IDENTITY_KEYS}
+
+
+def check_study_dir(study: Study, folder: Path) -> bool:
+    """True when `folder` holds this study already (resume); refuses a folder that
+    holds a different spec's results, and one that cannot be written."""
+    record = folder / STUDY_FILE
+    if record.exists():
+        try:
+            stored = json.loads(record.read_text())["spec"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SpecError(f"{record}: unreadable study record ({exc}); move the folder away or use --fresh") from None
+        mine = json.loads(study.spec.model_dump_json())
+        if _identity(stored) != _identity(mine):
+            changed = [k for k in _IDENTITY_KEYS if stored.get(k) != mine.get(k)]
+            raise SpecError(
+                f"{folder}: holds results of a different spec (differs in: {', '.join(changed)}); "
+                f"use --fresh to start a new study beside it, or --results to put it elsewhere"
+            )
+    probe = folder if folder.exists() else folder.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise SpecError(f"{probe}: results folder is not writable")
+    return record.exists()
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def varying_keys(study: Study) -> list[str]:
+    keys = list(study.spec.grid)
+    if study.spec.search:
+        keys += list(study.spec.search.space)
+    if len(study.spec.seeds) > 1:
+        keys.append("seed")
+    return keys
+
+
+def _tune_space(study: Study):
+    from ray import tune
+
+    if study.spec.search is None:
+        return {"cell": tune.grid_search(study.cells)}
+    samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    space: dict = {"cell": study.cells[0]}
+    for name, dist in study.spec.search.space.items():
+        (kind, args), = dist.model_dump().items()
+        space[name] = tune.choice(args) if kind == "choice" else samplers[kind](*args)
+    return space
+
+
+def metric_of(study: Study) -> str:
+    if study.spec.search and study.spec.search.metric:
+        return study.spec.search.metric
+    return get_family(study.spec.family).default_metric
+
+
+def _tune_config(study: Study):
+    from ray import tune
+
+    spec = study.spec
+    kwargs: dict = dict(
+        num_samples=spec.search.num_samples if spec.search else 1,
+        trial_dirname_creator=lambda trial: trial.trial_id,
+        trial_name_creator=lambda trial: trial.trial_id,
+    )
+    if spec.search or spec.scheduler:
+        kwargs.update(metric=metric_of(study), mode=spec.search.mode if spec.search else "max")
+    if spec.search:
+        if spec.search.algo == "optuna":
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+            kwargs["search_alg"] = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            kwargs["search_alg"] = BasicVariantGenerator(random_state=spec.search.seed)
+        kwargs["max_concurrent_trials"] = spec.search.max_concurrent
+    if spec.scheduler:
+        from ray.tune.schedulers import ASHAScheduler
+
+        kwargs["scheduler"] = ASHAScheduler(
+            time_attr="epoch", max_t=max(c["epochs"] for c in study.cells),
+            grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return tune.TuneConfig(**kwargs)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Trials' stdout is forwarded; Ray's own INFO chatter is not.
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+
+
+def run_study(study: Study, results: Path, *, address: str | None = None, fresh: bool = False,
+              progress_every: float = 20.0) -> Path:
+    """Run (or resume) a study; returns its folder. Raises SpecError/UserError on bad input."""
+    from ray import tune
+
+    from analysis.report import write_report
+
+    folder = study_dir_for(study, results.resolve(), fresh)
+    resuming = check_study_dir(study, folder)
+    family = get_family(study.spec.family)
+    data_started = time.monotonic()
+    data = family.load_data(study.cells)  # before Ray starts: a data error costs nothing
+    data_seconds = time.monotonic() - data_started
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"spec": json.loads(study.spec.model_dump_json()), "profile": study.profile,
+              "study": study.study_name, "source": study.source, "n_cells": len(study.cells),
+              "provenance": provenance()}
+    if resuming:
+        record["provenance"]["resumed"] = True
+        record["spec_first_run"] = json.loads((folder / STUDY_FILE).read_text()).get("provenance")
+    _write_json(folder / STUDY_FILE, record)
+
+    _init_ray(address)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, family=study.spec.family, data=data),
+        {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu},
+    )
+    total = study.spec.search.num_samples if study.spec.search else len(study.cells)
+    printer = ProgressPrinterFactory(study, total, progress_every)
+    run_config = tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(folder),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=study.spec.max_failures),
+        callbacks=[printer],
+        verbose=0,
+    )
+    tune_path = folder / TUNE_DIR
+    what = f"{study.study_name}: {total} trials, {study.spec.resources.cpu:g} CPU" + (
+        f" + {study.spec.resources.gpu:g} GPU" if study.spec.resources.gpu else "") + " each"
+    if tune.Tuner.can_restore(str(tune_path)):
+        print(f"resuming {what} from {tune_path}", flush=True)
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # Restore brings back the pickled RunConfig, callbacks included: swap in a
+        # fresh printer (its clock and counts belong to this run).
+        tuner._local_tuner.get_run_config().callbacks = [printer]
+    else:
+        print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
+        tuner = tune.Tuner(trainable, param_space=_tune_space(study), tune_config=_tune_config(study), run_config=run_config)
+    tuner.fit()
+    summary = write_report(folder)
+    print(summary, flush=True)
+    return folder
+
+
+def ProgressPrinterFactory(study: Study, total: int, interval: float):
+    from sweeps.progress import ProgressPrinter
+
+    return ProgressPrinter(study.study_name, varying_keys(study), metric_of(study), total, interval)

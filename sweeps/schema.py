@@ -1,0 +1,258 @@
+"""The sweep spec: what it may say, and its validation.
+
+A spec names a family, the values it fixes, the grid axes it varies, an optional
+search, the seeds, the resources and the figures; profiles (`quick`, `smoke`) are
+partial overrides merged over it. Loading validates everything, including every
+trial config the grid produces (through the family), and names the key path of
+the first problem:
+
+    sweeps/wd.yaml: grid.weight_decay[2]: Input should be greater than or equal to 0 (got -0.001)
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from sweeps.specyaml import SpecError, read_yaml
+from trainables.errors import ConfigError
+from trainables.families import get_family, suggest
+
+PROFILES = ("quick", "smoke")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+
+class LogUniform(_Strict):
+    loguniform: tuple[PositiveFloat, PositiveFloat]
+
+
+class RandInt(_Strict):
+    randint: tuple[int, int]  # low inclusive, high exclusive (Tune's convention)
+
+
+class Choice(_Strict):
+    choice: list[Any] = Field(min_length=1)
+
+
+Distribution = Union[Uniform, LogUniform, RandInt, Choice]
+
+
+def bounds(dist: Distribution) -> list:
+    """The values a distribution can take at its edges (for validating configs)."""
+    if isinstance(dist, Choice):
+        return list(dist.choice)
+    low, high = next(iter(dist.model_dump().values()))
+    return [low, high - 1] if isinstance(dist, RandInt) else [low, high]
+
+
+class Search(_Strict):
+    algo: Literal["optuna", "random"] = "optuna"
+    space: dict[str, Distribution] = Field(min_length=1)
+    num_samples: PositiveInt = 20
+    metric: str | None = None  # default: the family's (test_acc for classifiers)
+    mode: Literal["max", "min"] = "max"
+    seed: NonNegativeInt = 0  # the sampler's seed: the same spec proposes the same trials
+    max_concurrent: PositiveInt | None = None  # sequential model-based search learns more when low
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Search":
+        for name, dist in self.space.items():
+            if not isinstance(dist, Choice):
+                low, high = next(iter(dist.model_dump().values()))
+                if low >= high:
+                    raise ValueError(f"space.{name}: low {low} must be below high {high}")
+        return self
+
+
+class Scheduler(_Strict):
+    type: Literal["asha"] = "asha"
+    grace_period: PositiveInt = 1  # epochs every trial gets before it can be stopped
+    reduction_factor: float = Field(default=3.0, gt=1.0)  # keep the best 1/rf at each rung
+
+
+class Resources(_Strict):
+    cpu: PositiveFloat = 1.0  # per trial; torch uses this many threads
+    gpu: NonNegativeFloat = 0.0  # per trial; fractions pack trials onto one GPU
+
+
+class Figure(_Strict):
+    """One standard figure. `curves`: y against epoch, a line per `hue`, a panel per
+    `col`. `final`: the last evaluation's y against the hyperparameter `x`."""
+
+    kind: Literal["curves", "final"]
+    y: list[str] = Field(min_length=1)
+    x: str | None = None
+    hue: str | None = None
+    col: str | None = None
+    logx: bool = False
+    title: str | None = None
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    family: str
+    description: str = ""
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: Search | None = None
+    scheduler: Scheduler | None = None
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: NonNegativeInt = 2  # restarts of a failed trial from its last checkpoint
+    figures: list[Figure] = Field(default_factory=list)
+    profiles: dict[Literal["quick", "smoke"], dict[str, Any]] = Field(default_factory=dict)
+
+
+class Study(BaseModel):
+    """A validated spec with one profile applied, and the trial configs it makes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: Spec
+    profile: str | None
+    source: str  # the spec file
+    cells: list[dict]  # resolved config of every grid cell x seed (defaults filled in)
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.spec.name}-{self.profile}" if self.profile else self.spec.name
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Deep-merge a profile over the spec: dicts merge, other values replace, and
+    `null` removes a key (e.g. drop a grid axis)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _pydantic_error(path: Path, exc: ValidationError, prefix: str = "") -> SpecError:
+    err = exc.errors()[0]
+    loc = prefix
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc += f"[{part}]"
+        elif part in ("Uniform", "LogUniform", "RandInt", "Choice") or "[" in str(part):
+            continue  # union member names: not part of the user's key path
+        else:
+            loc += f".{part}" if loc else str(part)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        parent = _schema_at(err["loc"][:-1])
+        msg = f"unknown key{suggest(str(err['loc'][-1]), parent.model_fields if parent else [])}"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return SpecError(f"{path}: {loc or 'spec'}: {msg}")
+
+
+def _schema_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model at a key path of the spec (for suggesting key names)."""
+    model: type[BaseModel] | None = Spec
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return None if model is None or isinstance(part, int) else None
+        annotation = model.model_fields[part].annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+def load_study(path: str | Path, profile: str | None = None) -> Study:
+    """Read, merge the profile, and validate a spec file. Raises SpecError."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a mapping of keys (name, family, fixed, grid, ...), got {type(raw).__name__}")
+    if profile is not None:
+        if profile not in PROFILES:
+            raise SpecError(f"{path}: unknown profile {profile!r}; profiles are {', '.join(PROFILES)}")
+        overrides = (raw.get("profiles") or {}).get(profile)
+        if overrides is None:
+            raise SpecError(f"{path}: profiles.{profile}: this spec has no {profile!r} profile")
+        if not isinstance(overrides, dict):
+            raise SpecError(f"{path}: profiles.{profile}: must be a mapping of spec keys")
+        for key in overrides:
+            if key in ("name", "family", "profiles") or key not in Spec.model_fields:
+                raise SpecError(f"{path}: profiles.{profile}.{key}: a profile cannot set this key{suggest(key, Spec.model_fields)}")
+        raw = _merge(raw, overrides)
+    try:
+        spec = Spec(**raw)
+    except ValidationError as exc:
+        raise _pydantic_error(path, exc) from None
+    for axis, values in spec.grid.items():
+        if not values:
+            raise SpecError(f"{path}: grid.{axis}: empty list; give at least one value or remove the axis")
+    if spec.search is not None and spec.grid:
+        raise SpecError(f"{path}: grid: a spec with a search cannot also have grid axes (Optuna samples one space); split it into one spec per grid cell")
+    if spec.search is not None and len(spec.seeds) > 1:
+        raise SpecError(f"{path}: seeds: a search runs one seed (got {len(spec.seeds)}); repeat the best configs as a grid spec to measure seed variance")
+    cells = _resolve_cells(path, spec)
+    _check_figures(path, spec, cells)
+    return Study(spec=spec, profile=profile, source=str(path), cells=cells)
+
+
+def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
+    """Every grid cell x seed through the family's validation; errors name the spec
+    key the bad value came from."""
+    try:
+        family = get_family(spec.family)
+    except ConfigError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+    for key in ("seed", *spec.grid, *(spec.search.space if spec.search else {})):
+        if key in spec.fixed:
+            raise SpecError(f"{path}: fixed.{key}: also set in {'seeds' if key == 'seed' else 'grid/search'}; set it in one place")
+    searched = spec.search.space if spec.search else {}
+    # Searched parameters are checked at both ends of their range.
+    probes = list(itertools.product(*(bounds(d) for d in searched.values()))) or [()]
+    axes = list(spec.grid)
+    cells = []
+    for combo in itertools.product(*(range(len(spec.grid[a])) for a in axes)):
+        for seed_index, seed in enumerate(spec.seeds):
+            config = {**spec.fixed, **{a: spec.grid[a][i] for a, i in zip(axes, combo)}, "seed": seed}
+            for probe in probes:
+                probed = {**config, **dict(zip(searched, probe))}
+                try:
+                    resolved = family.validate(probed)
+                except ConfigError as exc:
+                    raise SpecError(f"{path}: {_where(exc.key, spec, dict(zip(axes, combo)), seed_index)}: {exc.message}") from None
+            cells.append({k: v for k, v in resolved.items() if k not in searched})
+    return cells
+
+
+def _where(key: str, spec: Spec, combo: dict[str, int], seed_index: int) -> str:
+    top = key.split(".")[0]
+    if top in combo:
+        return f"grid.{top}[{combo[top]}]"
+    if top == "seed":
+        return f"seeds[{seed_index}]"
+    if spec.search and top in spec.search.space:
+        return f"search.space.{top}"
+    return f"fixed.{key}"
+
+
+def _check_figures(path: Path, spec: Spec, cells: list[dict]) -> None:
+    known = set(cells[0]) | {"n_params", "epoch"} | (set(spec.search.space) if spec.search else set())
+    for i, fig in enumerate(spec.figures):
+        for role in ("x", "hue", "col"):
+            column = getattr(fig, role)
+            if column is not None and column not in known:
+                raise SpecError(f"{path}: figures[{i}].{role}: {column!r} is not a config key{suggest(column, known)}")
+        if fig.kind == "final" and fig.x is None:
+            raise SpecError(f"{path}: figures[{i}].x: a 'final' figure needs x (the hyperparameter on the x axis)")

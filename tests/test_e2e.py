@@ -1,0 +1,120 @@
+"""End to end: every spec's smoke profile on a local Ray, through the CLI, produces
+the output contract (Parquet columns, report PNGs); a re-run resumes instead of
+retraining; a folder holding another spec's results is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = sorted((REPO / "sweeps").glob("*.yaml"))
+
+HISTORY_COLUMNS = ["trial_id", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "gap_acc", "gap_loss",
+                   "weight_norm", "grad_norm", "time_s", "weight_decay", "lr", "batch_size", "train_size", "seed", "model"]
+TRIAL_COLUMNS = ["trial_id", "status", "n_params", "wall_s", "epochs_done", "final_test_acc", "device", "hostname",
+                 "weight_decay", "lr", "seed", "model"]
+
+
+def sweeps_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    from sweeps.schema import load_study
+
+    results = tmp_path_factory.mktemp("results")
+    runs = {}
+    for spec in SPECS:
+        proc = sweeps_cli("run", str(spec), "--profile", "smoke", "--results", str(results))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[spec.stem] = (results / load_study(spec, "smoke").study_name, proc)
+    return runs
+
+
+@pytest.mark.parametrize("spec", [s.stem for s in SPECS])
+def test_smoke_writes_the_output_contract(smoke_runs, spec):
+    folder, proc = smoke_runs[spec]
+    history = pd.read_parquet(folder / "history.parquet")
+    trials = pd.read_parquet(folder / "trials.parquet")
+    missing = [c for c in HISTORY_COLUMNS if c not in history]
+    assert not missing, f"history.parquet lacks {missing}"
+    assert not [c for c in TRIAL_COLUMNS if c not in trials]
+    assert len(trials) >= 2 and (trials["status"] == "ok").all()
+    assert history["train_acc"].between(0, 1).all() and history["test_acc"].between(0, 1).all()
+    assert (history["gap_acc"] - (history["train_acc"] - history["test_acc"])).abs().max() < 1e-9
+    # one row per trial x evaluated epoch
+    assert not history.duplicated(["trial_id", "epoch"]).any()
+    assert set(history["trial_id"]) == set(trials["trial_id"])
+    assert (trials["device"] == "cpu").all() and (trials["n_params"] > 0).all()
+    pngs = sorted((folder / "report").glob("*.png"))
+    assert len(pngs) >= 2 and all(p.stat().st_size > 10_000 for p in pngs)
+    index = (folder / "report" / "index.html").read_text()
+    assert all(p.name in index for p in pngs)
+    assert f"report: {folder / 'report' / 'index.html'}" in proc.stdout
+    record = json.loads((folder / "study.json").read_text())
+    assert record["provenance"]["packages"]["torch"].startswith("2.14.1")
+    assert record["provenance"]["git_commit"]
+
+
+def test_weight_decay_smoke_varies_what_the_spec_says(smoke_runs):
+    folder, _ = smoke_runs["wd"]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert sorted(trials["weight_decay"]) == [0.0, 0.01]
+    assert (trials["train_size"] == 200).all() and (trials["model"] == "cnn_overparam").all()
+
+
+def test_lr_search_samples_within_its_range(smoke_runs):
+    folder, _ = smoke_runs["lr"]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert trials["lr"].between(1e-4, 1e-1).all() and trials["lr"].nunique() == len(trials)
+    assert "final_val_acc" in trials
+
+
+def test_rerun_resumes_without_retraining(smoke_runs):
+    folder, _ = smoke_runs["wd"]
+    before = pd.read_parquet(folder / "history.parquet")
+    proc = sweeps_cli("run", "sweeps/wd.yaml", "--profile", "smoke", "--results", str(folder.parent))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming wd-smoke" in proc.stdout
+    after = pd.read_parquet(folder / "history.parquet")
+    # same trials, same epochs, same numbers: nothing was trained again
+    cols = ["trial_id", "epoch", "train_loss", "test_acc"]
+    pd.testing.assert_frame_equal(before[cols].sort_values(cols[:2]).reset_index(drop=True),
+                                  after[cols].sort_values(cols[:2]).reset_index(drop=True))
+
+
+def test_folder_of_a_different_spec_is_refused(smoke_runs, tmp_path):
+    folder, _ = smoke_runs["wd"]
+    changed = tmp_path / "wd.yaml"
+    changed.write_text((REPO / "sweeps" / "wd.yaml").read_text().replace("epochs: 1,", "epochs: 2,"))
+    before = sorted(p.name for p in folder.rglob("*"))
+    proc = sweeps_cli("run", str(changed), "--profile", "smoke", "--results", str(folder.parent))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "different spec" in lines[0] and "fixed" in lines[0] and "--fresh" in lines[0]
+    assert sorted(p.name for p in folder.rglob("*")) == before  # nothing touched
+
+
+def test_report_command_rebuilds_from_the_folder(smoke_runs):
+    folder, _ = smoke_runs["wd"]
+    (folder / "history.parquet").unlink()
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", str(folder)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 of 2 trials reported (2 ok)" in proc.stdout
+    assert len(pd.read_parquet(folder / "history.parquet")) == 2
+
+
+def test_report_on_a_non_study_folder_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a study folder" in proc.stderr

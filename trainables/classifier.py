@@ -1,0 +1,102 @@
+"""The `classifier` family: an image classifier from the model registry, trained by
+the engine on a (sub)set of MNIST or Fashion-MNIST.
+
+Config keys: the engine's (`EngineConfig`), the data's (`DataConfig`), `model`, and
+the chosen model's own arguments (e.g. `width` for `cnn_overparam`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+
+from trainables import data as datasets
+from trainables.engine import EngineConfig, fit
+from trainables.errors import ConfigError
+from trainables.families import Family, register_family, suggest, validate_model
+from trainables.models import MODELS, build_model, count_params
+from trainables.trial import restored_state, trial_device, tune_reporter
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    train_size: PositiveInt | None = None  # images in the training subset; None: all that remain
+    val_size: NonNegativeInt = 0  # held out of the 60k training images (for searches)
+    test_size: PositiveInt | None = None  # fixed balanced subset of the 10k test images; None: all
+    data_seed: NonNegativeInt = 0  # which subset; fixed by default so seeds vary only the training
+
+
+class ClassifierConfig(EngineConfig, DataConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = "mlp"
+
+
+def validate(config: dict) -> dict:
+    """One trial's config with defaults filled in; raises ConfigError naming the key."""
+    model = config.get("model", ClassifierConfig.model_fields["model"].default)
+    if model not in MODELS:
+        raise ConfigError("model", f"unknown model {model!r}{suggest(model, MODELS)}; known: {', '.join(sorted(MODELS))}")
+    arg_schema = MODELS[model].args
+    own = {k: v for k, v in config.items() if k in ClassifierConfig.model_fields}
+    rest = {k: v for k, v in config.items() if k not in own}
+    for key in rest:
+        if key not in arg_schema.model_fields:
+            known = [*ClassifierConfig.model_fields, *arg_schema.model_fields]
+            raise ConfigError(key, f"unknown key for family 'classifier' with model {model!r}{suggest(key, known)}")
+    resolved = validate_model(ClassifierConfig, own)
+    args = validate_model(arg_schema, rest)
+    source = datasets.DATASETS[resolved.dataset]
+    available = source.train_count - resolved.val_size
+    if available <= 0:
+        raise ConfigError("val_size", f"{resolved.val_size} leaves no training images (of {source.train_count})")
+    if resolved.train_size is not None and resolved.train_size > available:
+        raise ConfigError("train_size", f"{resolved.train_size} exceeds the {available} training images left after val_size")
+    if resolved.batch_size > (resolved.train_size or available):
+        raise ConfigError("batch_size", f"{resolved.batch_size} is larger than the training subset ({resolved.train_size})")
+    if resolved.test_size is not None and resolved.test_size > source.test_count:
+        raise ConfigError("test_size", f"{resolved.test_size} exceeds the {source.test_count} test images")
+    return {**resolved.model_dump(), **args.model_dump()}
+
+
+def load_data(configs: list[dict]) -> dict[str, datasets.ImageData]:
+    """Every dataset any trial uses, read once."""
+    return {name: datasets.load_dataset(name) for name in sorted({c["dataset"] for c in configs})}
+
+
+def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
+    """One Tune trial: build the splits on the trial's device, the model, and train."""
+    cfg = ClassifierConfig(**{k: v for k, v in config.items() if k in ClassifierConfig.model_fields})
+    model_args = {k: v for k, v in config.items() if k in MODELS[cfg.model].args.model_fields}
+    device, info = trial_device()
+    ds = data[cfg.dataset]
+    splits = make_splits(ds, cfg, device)
+    torch.manual_seed(cfg.seed)  # initialization
+    model = build_model(cfg.model, **model_args).to(device)
+    report = tune_reporter({**info, "n_params": count_params(model)})
+    train_split = splits.pop("train")
+    fit(model, train_split, splits, cfg, report, resume=restored_state())
+
+
+def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.device) -> dict[str, datasets.Split]:
+    """train / val (when val_size > 0) / test splits as indices into device tensors."""
+    train_idx, val_idx = datasets.training_split(ds.train_y, cfg.train_size, cfg.val_size, cfg.data_seed)
+    test_idx = datasets.test_subset(ds.test_y, cfg.test_size)
+    train_x, train_y = datasets.as_tensor(ds.train_x, device), datasets.as_tensor(ds.train_y, device)
+    test_x, test_y = datasets.as_tensor(ds.test_x, device), datasets.as_tensor(ds.test_y, device)
+
+    def split(x, y, idx):
+        return datasets.Split(x, y, torch.as_tensor(idx, device=device), ds.mean, ds.std)
+
+    splits = {"train": split(train_x, train_y, train_idx)}
+    if len(val_idx):
+        splits["val"] = split(train_x, train_y, val_idx)
+    splits["test"] = split(test_x, test_y, test_idx)
+    return splits
+
+
+register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train))

@@ -1,0 +1,70 @@
+"""The family registry: an experiment family turns a trial config into data + model +
+an engine call. Families register by name; the spec's `family:` picks one.
+
+A family supplies three functions:
+- `validate(config) -> config`: check one trial's config (raise `ConfigError` naming
+  the key) and return it with every default filled in, so results carry every
+  hyperparameter;
+- `load_data(configs) -> data`: read what all trials need, once, in the driver;
+- `train(config, data)`: run one trial inside Ray Tune (reports through `tune.report`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from trainables.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    validate: Callable[[dict], dict]
+    load_data: Callable[[list[dict]], Any]
+    train: Callable[[dict, Any], None]
+    # Metric a search or scheduler optimizes when the spec names none.
+    default_metric: str = "test_acc"
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    if family.name in FAMILIES:
+        raise ValueError(f"family {family.name!r} is registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    import trainables.classifier  # noqa: F401  (registers the built-in families)
+
+    if name not in FAMILIES:
+        raise ConfigError("family", f"unknown family {name!r}{suggest(name, FAMILIES)}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validate_model(schema: type[BaseModel], values: dict) -> BaseModel:
+    """Validate `values` against a pydantic model; the first problem becomes a
+    ConfigError naming the key (pydantic's own message, made one line)."""
+    try:
+        return schema(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(key, f"unknown key{suggest(key, schema.model_fields)}") from None
+        message = err["msg"]
+        if "input" in err and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+        raise ConfigError(key, message) from None

@@ -1,0 +1,114 @@
+"""The model registry: name -> builder, each with a pydantic model of its arguments.
+
+Every model takes normalized images [B, 1, 28, 28] and returns logits [B, 10].
+A model's arguments are ordinary spec keys (`width: 2`, `hidden: [512]`), so they
+become columns of the results like any other hyperparameter.
+
+    >>> from trainables.models import build_model, count_params
+    >>> count_params(build_model("cnn_overparam", width=1.0))
+    3584202
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from torch import nn
+
+IMAGE_SIDE = 28
+NUM_CLASSES = 10
+
+
+class ModelArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    build: Callable[..., nn.Module]
+    args: type[ModelArgs]
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, args: type[ModelArgs]) -> Callable:
+    def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = ModelEntry(build, args)
+        return build
+
+    return decorator
+
+
+def build_model(name: str, **args) -> nn.Module:
+    """Build a registered model; `args` are validated by its argument model."""
+    entry = MODELS[name]
+    return entry.build(**entry.args(**args).model_dump())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+class NoArgs(ModelArgs):
+    pass
+
+
+@register_model("linear", NoArgs)
+def linear() -> nn.Module:
+    """Multinomial logistic regression; its 10 weight rows are 28x28 templates."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_SIDE * IMAGE_SIDE, NUM_CLASSES))
+
+
+class MLPArgs(ModelArgs):
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [512])  # units per hidden layer
+    activation: Literal["relu", "tanh", "sigmoid"] = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # after each hidden activation
+
+
+@register_model("mlp", MLPArgs)
+def mlp(hidden: list[int], activation: str, dropout: float) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = IMAGE_SIDE * IMAGE_SIDE
+    for units in hidden:
+        layers += [nn.Linear(width, units), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = units
+    layers.append(nn.Linear(width, NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+class CNNOverparamArgs(ModelArgs):
+    width: PositiveFloat = 1.0  # multiplies the 64/128/256 channels
+    head: PositiveInt = 256  # hidden units of the fully connected head
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    # No conv bias: BatchNorm's shift makes it redundant.
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+@register_model("cnn_overparam", CNNOverparamArgs)
+def cnn_overparam(width: float, head: int) -> nn.Module:
+    """conv 1->64->128->256 (3x3, BN, ReLU), 2x2 max-pools after the first two, then a
+    fully connected head 256*7*7 -> head -> 10. At width 1 the head holds 3.2M of the
+    3.58M parameters: far more than a 1k-5k image subset can pin down, which is
+    what makes weight decay matter."""
+    c1, c2, c3 = (max(1, round(c * width)) for c in (64, 128, 256))
+    side = IMAGE_SIDE // 4  # after two 2x2 pools
+    return nn.Sequential(
+        *_conv_bn_relu(1, c1), nn.MaxPool2d(2),
+        *_conv_bn_relu(c1, c2), nn.MaxPool2d(2),
+        *_conv_bn_relu(c2, c3),
+        nn.Flatten(),
+        nn.Linear(c3 * side * side, head), nn.ReLU(),
+        nn.Linear(head, NUM_CLASSES),
+    )

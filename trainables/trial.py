@@ -1,0 +1,75 @@
+"""What a trial needs from Ray: its device, its threads, its checkpoint, and a way
+to report. Families call these; the engine never sees Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+
+log = logging.getLogger("gensweep.trial")
+
+_STATE_FILE = "state.pt"
+
+
+def trial_device() -> tuple[torch.device, dict]:
+    """The device Ray gave this trial, and what to record about it.
+
+    A trial with a GPU share uses the GPU Ray assigned (Ray sets CUDA_VISIBLE_DEVICES,
+    so it is cuda:0 here); without CUDA it falls back to the CPU with one warning.
+    On CPU, torch uses as many threads as the trial has CPUs, so concurrent trials do
+    not oversubscribe the cores."""
+    resources = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
+    cpus = max(1, int(resources.get("CPU", 1)))
+    gpus = resources.get("GPU", 0)
+    info: dict = {"hostname": socket.gethostname(), "node_id": _node_id(), "gpu_name": ""}
+    if gpus > 0 and torch.cuda.is_available():
+        device = torch.device("cuda", 0)
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+        info["device"] = f"cuda:{os.environ.get('CUDA_VISIBLE_DEVICES', '0').split(',')[0]}"
+    else:
+        if gpus > 0:
+            log.warning("trial was given %.2g GPU but CUDA is not available here; running on CPU", gpus)
+        device = torch.device("cpu")
+        info["device"] = "cpu"
+    torch.set_num_threads(cpus)
+    info["num_threads"] = cpus
+    return device, info
+
+
+def _node_id() -> str:
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray (unit tests)
+        return ""
+
+
+def restored_state() -> dict | None:
+    """The engine state from this trial's latest checkpoint, if it is being restored."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def tune_reporter(extra: dict):
+    """An engine callback: report metrics (plus `extra`, e.g. device and n_params)
+    to Tune, with the state as a checkpoint when there is one."""
+
+    def report(metrics: dict, state: dict | None) -> None:
+        metrics = {**metrics, **extra}
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="gensweep-ckpt-") as folder:
+            torch.save(state, Path(folder) / _STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    return report

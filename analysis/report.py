@@ -76,7 +76,7 @@ def write_report(folder: Path) -> str:
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
     lines = [f"{study['study']}: {len(trials)} of {expected} trials reported ({status})"]
     if missing:
-        lines.append(f"  {missing} trial(s) missing or unfinished: run the same command again to finish them")
+        lines.append(f"  {missing} trial(s) not finished yet; the figures show the finished ones")
     if counts.get("diverged"):
         lines.append(f"  {counts['diverged']} diverged trial(s) are left out of means and figures")
     if not table.empty:

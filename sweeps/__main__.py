@@ -3,7 +3,9 @@
     python -m sweeps run SPEC [--profile quick|smoke] [--results DIR] [--fresh] [--address ADDR]
     python -m sweeps validate SPEC [SPEC ...] [--profile quick|smoke]
 
-Bad input (spec, data, results folder) prints one line and exits with status 2.
+Exit status: 0 when every trial ended (ok or diverged), 1 when some failed after
+their retries, 130 when the study was interrupted (run it again to resume), and 2
+for bad input (spec, data, results folder), which is stated in one line.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.spec, args.profile)
         from sweeps.launcher import run_study
 
-        run_study(study, args.results, address=args.address, fresh=args.fresh, progress_every=args.progress_every)
-        return 0
+        outcome = run_study(study, args.results, address=args.address, fresh=args.fresh,
+                            progress_every=args.progress_every)
+        return outcome.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -15,6 +15,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from sweeps.provenance import provenance
 from sweeps.schema import Study
@@ -29,6 +30,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 TUNE_DIR = "tune"
+EXIT_TRIALS_FAILED = 1
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 STUDY_FILE = "study.json"
 # What makes two runs the same study; resources, figures and retries may change.
 _IDENTITY_KEYS = ("family", "fixed", "grid", "search", "scheduler", "seeds")
@@ -153,11 +156,19 @@ def _init_ray(address: str | None) -> None:
         return
     # Trials' stdout is forwarded; Ray's own INFO chatter is not.
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    # After an interruption Tune lists every not-yet-started trial as "failed to fetch
+    # metrics"; the report says what is missing in one line instead.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+class StudyOutcome(NamedTuple):
+    folder: Path
+    exit_code: int  # 0: every trial ended (ok or diverged); see EXIT_* for the others
 
 
 def run_study(study: Study, results: Path, *, address: str | None = None, fresh: bool = False,
-              progress_every: float = 20.0) -> Path:
-    """Run (or resume) a study; returns its folder. Raises SpecError/UserError on bad input."""
+              progress_every: float = 20.0) -> StudyOutcome:
+    """Run (or resume) a study and write its report. Raises SpecError/UserError on bad input."""
     from ray import tune
 
     from analysis.report import write_report
@@ -205,10 +216,19 @@ def run_study(study: Study, results: Path, *, address: str | None = None, fresh:
     else:
         print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
         tuner = tune.Tuner(trainable, param_space=_tune_space(study), tune_config=_tune_config(study), run_config=run_config)
-    tuner.fit()
+    grid = tuner.fit()
     summary = write_report(folder)
     print(summary, flush=True)
-    return folder
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished or len(grid) < total:
+        print(f"{study.study_name} stopped with {total - grid.num_terminated - grid.num_errors} trial(s) unfinished; "
+              f"run the same command again to resume", flush=True)
+        return StudyOutcome(folder, EXIT_INTERRUPTED)
+    if grid.num_errors:
+        print(f"{grid.num_errors} trial(s) failed after {study.spec.max_failures} retries; "
+              f"see tune/<trial>/error.txt", flush=True)
+        return StudyOutcome(folder, EXIT_TRIALS_FAILED)
+    return StudyOutcome(folder, 0)
 
 
 def ProgressPrinterFactory(study: Study, total: int, interval: float):

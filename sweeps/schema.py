@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from sweeps.specyaml import SpecError, read_yaml
 from trainables.errors import ConfigError
@@ -45,7 +46,22 @@ class Choice(_Strict):
     choice: list[Any] = Field(min_length=1)
 
 
-Distribution = Union[Uniform, LogUniform, RandInt, Choice]
+_DISTRIBUTIONS = {"uniform": "Uniform", "loguniform": "LogUniform", "randint": "RandInt", "choice": "Choice"}
+
+
+def _distribution_tag(value: Any) -> str | None:
+    """Pick the union member from the one key the user wrote, so errors talk about
+    that distribution and not about every member pydantic tried."""
+    if isinstance(value, dict) and len(value) == 1:
+        return _DISTRIBUTIONS.get(next(iter(value)))
+    return next((tag for cls, tag in zip(_DISTRIBUTIONS, _DISTRIBUTIONS.values()) if isinstance(value, globals()[tag])), None)
+
+
+Distribution = Annotated[
+    Union[Annotated[Uniform, Tag("Uniform")], Annotated[LogUniform, Tag("LogUniform")],
+          Annotated[RandInt, Tag("RandInt")], Annotated[Choice, Tag("Choice")]],
+    Discriminator(_distribution_tag),
+]
 
 
 def bounds(dist: Distribution) -> list:
@@ -154,7 +170,9 @@ def _pydantic_error(path: Path, exc: ValidationError, prefix: str = "") -> SpecE
         else:
             loc += f".{part}" if loc else str(part)
     msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
+    if err["type"].startswith("union_tag"):
+        msg = f"a distribution is one of {', '.join(f'{{{k}: ...}}' for k in _DISTRIBUTIONS)} (got {err['input']!r})"
+    elif err["type"] == "extra_forbidden":
         parent = _schema_at(err["loc"][:-1])
         msg = f"unknown key{suggest(str(err['loc'][-1]), parent.model_fields if parent else [])}"
     elif "input" in err and not isinstance(err["input"], (dict, list)):
@@ -163,15 +181,27 @@ def _pydantic_error(path: Path, exc: ValidationError, prefix: str = "") -> SpecE
 
 
 def _schema_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model at a key path of the spec (for suggesting key names)."""
-    model: type[BaseModel] | None = Spec
+    """The pydantic model at a key path of the spec (for suggesting key names);
+    list indices and dict keys step into the item type."""
+    model: Any = Spec
     for part in loc:
-        if model is None or part not in model.model_fields:
-            return None if model is None or isinstance(part, int) else None
-        annotation = model.model_fields[part].annotation
-        candidates = getattr(annotation, "__args__", (annotation,))
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return model
+        if isinstance(part, int) or part in _DISTRIBUTIONS.values():
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        model = _inner_model(model.model_fields[part].annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside list[X], dict[str, X], X | None (or None)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def load_study(path: str | Path, profile: str | None = None) -> Study:
@@ -237,9 +267,10 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
 
 
 def _where(key: str, spec: Spec, combo: dict[str, int], seed_index: int) -> str:
-    top = key.split(".")[0]
+    top = re.split(r"[.\[]", key)[0]
+    rest = key[len(top):]  # e.g. "[0]" inside a list value
     if top in combo:
-        return f"grid.{top}[{combo[top]}]"
+        return f"grid.{top}[{combo[top]}]{rest}"
     if top == "seed":
         return f"seeds[{seed_index}]"
     if spec.search and top in spec.search.space:

@@ -57,7 +57,8 @@ def validate(config: dict) -> dict:
     if resolved.train_size is not None and resolved.train_size > available:
         raise ConfigError("train_size", f"{resolved.train_size} exceeds the {available} training images left after val_size")
     if resolved.batch_size > (resolved.train_size or available):
-        raise ConfigError("batch_size", f"{resolved.batch_size} is larger than the training subset ({resolved.train_size})")
+        raise ConfigError("batch_size", f"{resolved.batch_size} is larger than the training subset "
+                                        f"({resolved.train_size or available} images)")
     if resolved.test_size is not None and resolved.test_size > source.test_count:
         raise ConfigError("test_size", f"{resolved.test_size} exceeds the {source.test_count} test images")
     return {**resolved.model_dump(), **args.model_dump()}

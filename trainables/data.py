@@ -12,6 +12,7 @@ training set, so no trial ever copies images it does not use.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -45,10 +46,12 @@ class DatasetSource:
     train_count: int
     test_count: int
     system_dir: str | None = None  # a Debian package's copy of the .gz files
+    restore_hint: str = "delete it so it is fetched again"
 
 
 DATASETS: dict[str, DatasetSource] = {
-    "mnist": DatasetSource("MNIST", "MNIST", 0.1307, 0.3081, 60_000, 10_000),
+    "mnist": DatasetSource("MNIST", "MNIST", 0.1307, 0.3081, 60_000, 10_000,
+                           restore_hint="restore it with `git checkout data/MNIST/raw`"),
     "fashion_mnist": DatasetSource(
         "FashionMNIST", "FashionMNIST", 0.2860, 0.3530, 60_000, 10_000,
         system_dir="/usr/share/datasets/fashion-mnist",
@@ -96,22 +99,27 @@ def _check_archives(source: DatasetSource, raw_dir: Path) -> None:
         if got != md5:
             raise DataError(
                 f"{path}: checksum mismatch (md5 {got}, expected {md5}); the file is damaged: "
-                f"restore it (git checkout data/) or delete it so it is fetched again"
+                f"{source.restore_hint}"
             )
 
 
-def _copy_system_files(source: DatasetSource, raw_dir: Path) -> None:
+def _unpack_system_files(source: DatasetSource, raw_dir: Path) -> None:
     """Use a distribution package's copy (e.g. Debian's dataset-fashion-mnist) when the
-    data root lacks the files, so no download is needed."""
+    data root lacks the files, so no download is needed. Debian recompressed the
+    archives (their md5 differs from torchvision's list), so they are unpacked here
+    directly into the files torchvision reads; `load_dataset` checks the counts."""
     if source.system_dir is None or not Path(source.system_dir).is_dir():
         return
     from torchvision import datasets
 
     raw_dir.mkdir(parents=True, exist_ok=True)
     for filename, _ in getattr(datasets, source.torchvision_class).resources:
-        src, dst = Path(source.system_dir) / filename, raw_dir / filename
-        if src.exists() and not dst.exists() and not (raw_dir / Path(filename).stem).exists():
-            shutil.copyfile(src, dst)
+        src, unpacked = Path(source.system_dir) / filename, raw_dir / Path(filename).stem
+        if src.exists() and not (raw_dir / filename).exists() and not unpacked.exists():
+            tmp = unpacked.with_name(unpacked.name + ".tmp")
+            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            os.replace(tmp, unpacked)
 
 
 def load_dataset(name: str, root: Path | None = None) -> ImageData:
@@ -121,7 +129,7 @@ def load_dataset(name: str, root: Path | None = None) -> ImageData:
     source = DATASETS[name]
     root = Path(root) if root is not None else data_root()
     raw_dir = root / source.folder / "raw"
-    _copy_system_files(source, raw_dir)
+    _unpack_system_files(source, raw_dir)
     _check_archives(source, raw_dir)
 
     from torchvision import datasets
@@ -132,11 +140,11 @@ def load_dataset(name: str, root: Path | None = None) -> ImageData:
         test = tv_class(str(root), train=False, download=True)
     except Exception as exc:  # torchvision raises RuntimeError/URLError/ValueError/...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"{raw_dir}: cannot read {name} ({first_line}); put the four .gz files there "
-            f"(for MNIST: git checkout data/MNIST/raw) or set GENSWEEP_DATA to a folder holding "
-            f"{source.folder}/raw/"
-        ) from exc
+        unpacked = [p.name for p in raw_dir.glob("*-ubyte")] if raw_dir.is_dir() else []
+        remedy = (f"delete the unpacked files ({', '.join(sorted(unpacked))}) so they are unpacked again from the .gz"
+                  if unpacked else f"put the four .gz files there ({source.restore_hint}) or set GENSWEEP_DATA "
+                  f"to a folder holding {source.folder}/raw/")
+        raise DataError(f"{raw_dir}: cannot read {name} ({first_line}); {remedy}") from exc
     data = ImageData(
         name=name,
         train_x=train.data.numpy(),

@@ -57,14 +57,32 @@ def suggest(word: str, candidates: Iterable[str]) -> str:
 def validate_model(schema: type[BaseModel], values: dict) -> BaseModel:
     """Validate `values` against a pydantic model; the first problem becomes a
     ConfigError naming the key (pydantic's own message, made one line)."""
+    for key, value in values.items():
+        # pydantic's lax mode reads `true` as 1.0; a boolean where a number belongs
+        # is a typo, not a value.
+        field = schema.model_fields.get(key)
+        if isinstance(value, bool) and field is not None and bool not in _types_of(field.annotation):
+            raise ConfigError(key, f"expected {_describe(field.annotation)}, got a boolean ({value!r})")
     try:
         return schema(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(part) for part in err["loc"]) or "config"
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "config"
         if err["type"] == "extra_forbidden":
             raise ConfigError(key, f"unknown key{suggest(key, schema.model_fields)}") from None
         message = err["msg"]
         if "input" in err and not isinstance(err["input"], dict):
             message += f" (got {err['input']!r})"
         raise ConfigError(key, message) from None
+
+
+def _types_of(annotation) -> set:
+    args = getattr(annotation, "__args__", None)
+    if args is None or getattr(annotation, "__origin__", None) in (list, dict):
+        return {getattr(annotation, "__origin__", annotation)}
+    return set().union(*(_types_of(a) for a in args))
+
+
+def _describe(annotation) -> str:
+    names = sorted(getattr(t, "__name__", str(t)) for t in _types_of(annotation) if t is not type(None))
+    return " or ".join(names) if names else "a value"

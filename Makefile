@@ -11,11 +11,12 @@ ARGS ?=
 profile_flag = $(if $(PROFILE),--profile $(PROFILE))
 study_name = $(1)$(if $(PROFILE),-$(PROFILE))
 
-.PHONY: setup sweep sweep-wd sweep-lr report validate test clean-venv help
+.PHONY: setup sweep sweep-batch report validate test clean-venv help
 
 help:
 	@echo "make sweep-wd [PROFILE=quick|smoke]    weight decay on an overparameterized CNN"
 	@echo "make sweep-lr [PROFILE=quick|smoke]    Optuna search over the learning rate of an MLP"
+	@echo "make sweep-NAME [PROFILE=...]           sweeps/NAME.yaml (see the README's study list)"
 	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec"
 	@echo "make report STUDY=wd-quick              rebuild a study's tables and figures"
 	@echo "make validate                           check every spec and profile"
@@ -36,11 +37,12 @@ sweep: setup
 	@test -n "$(SPEC)" || { echo "usage: make sweep SPEC=sweeps/NAME.yaml [PROFILE=quick|smoke]"; exit 2; }
 	$(PY) -m sweeps run $(SPEC) $(profile_flag) --results $(RESULTS) $(ARGS)
 
-sweep-wd: setup
-	$(PY) -m sweeps run sweeps/wd.yaml $(profile_flag) --results $(RESULTS) $(ARGS)
+# make sweep-NAME runs sweeps/NAME.yaml, dashes read as underscores
+# (sweep-random-labels -> sweeps/random_labels.yaml).
+sweep-%: setup
+	$(PY) -m sweeps run sweeps/$(subst -,_,$*).yaml $(profile_flag) --results $(RESULTS) $(ARGS)
 
-sweep-lr: setup
-	$(PY) -m sweeps run sweeps/lr.yaml $(profile_flag) --results $(RESULTS) $(ARGS)
+sweep-batch: sweep-batch-size
 
 report: setup
 	@test -n "$(STUDY)" || { echo "usage: make report STUDY=NAME (a folder under $(RESULTS)/, e.g. wd-quick)"; exit 2; }

@@ -59,9 +59,9 @@ def _hashable(value):
 
 
 def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(history, trials) for a study folder. History: one row per trial x evaluation,
-    each epoch once (a restarted trial re-reports epochs after its checkpoint; the
-    last report wins). Trials: one row per trial with config, final metrics,
+    """(history, trials) for a study folder. History: one row per trial x report
+    (an evaluated epoch, or e.g. an interpolation point), each once (a restarted trial
+    re-reports what came after its checkpoint; the last report wins). Trials: one row per trial with config, final metrics,
     `status` (ok / diverged / error / incomplete), `epochs_done` and wall time."""
     folder = Path(folder)
     history_parts, trial_rows = [], []
@@ -72,11 +72,14 @@ def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         config = {k: _hashable(v) for k, v in config.items()}
         trial_id = trial_dir.name
-        rows = [r for r in _read_rows(trial_dir / "result.json") if "epoch" in r]
+        rows = _read_rows(trial_dir / "result.json")
         errored = (trial_dir / "error.txt").exists()
         record = {"trial_id": trial_id, **config}
         if rows:
-            frame = pd.DataFrame(rows).drop_duplicates("epoch", keep="last").sort_values("epoch")
+            # Tune numbers reports per trial (training_iteration) and restores that count
+            # with a checkpoint, so a report repeated after a restart has the same number.
+            frame = (pd.DataFrame(rows).drop_duplicates("training_iteration", keep="last")
+                     .sort_values("training_iteration"))
             facts = {k: frame[k].iloc[-1] for k in TRIAL_FACTS if k in frame}
             frame = frame.drop(columns=[c for c in frame.columns if c in _TUNE_COLUMNS or c in TRIAL_FACTS])
             for key, value in config.items():
@@ -87,7 +90,7 @@ def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             status = last.get("status", "ok")
             record.update({f"final_{k}": v for k, v in last.items() if k not in config and k not in ("trial_id", "status")})
             record.update(facts)
-            record["epochs_done"] = int(last["epoch"])
+            record["epochs_done"] = int(last.get("epoch", 0))
             record["wall_s"] = float(last.get("time_s", np.nan))
         else:
             status = "incomplete"

@@ -8,6 +8,7 @@ one PNG; lines are means over seeds with a 95% bootstrap confidence band.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -48,8 +49,20 @@ def _palette_column(frame: pd.DataFrame, hue: str | None) -> str | None:
     return f"{hue} "
 
 
+def _log_axis(ax, axis: str, base) -> None:
+    """base: True/10 for decades, 2 for powers of two (batch sizes)."""
+    if base:
+        getattr(ax, f"set_{axis}scale")("log", base=2 if base == 2 else 10)
+        getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks collide
+        if base == 2:
+            getattr(ax, f"{axis}axis").set_major_formatter(matplotlib.ticker.ScalarFormatter())
+
+
 def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
     data = _ok(history, trials).copy()
+    x = fig_spec.get("x") or "epoch"
+    if x not in data:
+        return None
     ys = [y for y in fig_spec["y"] if y in data and data[y].notna().any()]
     if data.empty or not ys:
         return None
@@ -63,10 +76,12 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pa
             ax = axes[r][c]
             panel = data if col is None else data[data[col] == value]
             # markers: a trial stopped early by a scheduler may have a single point
-            sns.lineplot(panel, x="epoch", y=y, hue=hue, errorbar=("ci", 95), ax=ax, marker="o", markersize=3,
+            sns.lineplot(panel, x=x, y=y, hue=hue, errorbar=("ci", 95), ax=ax, marker="o", markersize=3,
                          palette="viridis" if hue else None, legend=(r == 0 and c == len(cols) - 1))
+            _log_axis(ax, "x", fig_spec.get("logx"))
+            _log_axis(ax, "y", fig_spec.get("logy"))
             ax.set_ylabel(label(y) if c == 0 else "")
-            ax.set_xlabel("epoch" if r == len(ys) - 1 else "")
+            ax.set_xlabel(label(x) if r == len(ys) - 1 else "")
             if r == 0 and col:
                 ax.set_title(f"{label(col)} = {value:g}" if isinstance(value, float) else f"{label(col)} = {value}")
             ax.grid(alpha=0.3)
@@ -101,9 +116,9 @@ def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pat
         ax = axes[0][c]
         sns.lineplot(last, x=x, y=y, hue=hue, marker="o", errorbar=("ci", 95), ax=ax,
                      palette="viridis" if hue else None, legend=(c == len(ys) - 1))
+        _log_axis(ax, "x", logx)
+        _log_axis(ax, "y", fig_spec.get("logy"))
         if logx:
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks collide
             if zero:  # label the stand-in position "0"; grid values make readable ticks
                 ticks = sorted(last[x].unique())
                 ax.set_xticks(ticks, [("0" if t == stand_in else f"{t:g}") for t in ticks])
@@ -128,10 +143,28 @@ def _save(fig, fig_spec: dict, path: Path) -> None:
     tmp.replace(path)  # atomic: a crash never leaves half a PNG under the real name
 
 
-KINDS = {"curves": curves, "final": final}
+FigureFunction = Callable[[pd.DataFrame, pd.DataFrame, dict, Path], "Path | None"]
+KINDS: dict[str, FigureFunction] = {"curves": curves, "final": final}
+
+
+def register_figure(kind: str) -> Callable[[FigureFunction], FigureFunction]:
+    """Add a figure kind (a study module's special figure: a confusion matrix, weight
+    templates, ...). It gets (history, trials, its figure spec, the PNG path) and
+    returns the path it wrote, or None when the data hold nothing to draw.
+    The study folder is `path.parent.parent` (for artifacts such as checkpoints)."""
+
+    def decorator(function: FigureFunction) -> FigureFunction:
+        if kind in KINDS:
+            raise ValueError(f"figure kind {kind!r} is registered twice")
+        KINDS[kind] = function
+        return function
+
+    return decorator
 
 
 def figure_name(index: int, fig_spec: dict) -> str:
+    if fig_spec["kind"] not in ("curves", "final"):
+        return f"{index + 1:02d}-{fig_spec['kind']}.png"
     what = fig_spec.get("x") or "epoch"
     return f"{index + 1:02d}-{fig_spec['kind']}-{'-'.join(fig_spec['y'])}-vs-{what}.png"
 

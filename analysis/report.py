@@ -16,6 +16,13 @@ from analysis.collect import collect, read_study
 from analysis.figures import KINDS, default_figures, figure_name, label
 
 
+def figure_kinds() -> dict:
+    """Every figure kind, the study modules' included."""
+    import analysis.studies  # noqa: F401  (registers their kinds)
+
+    return KINDS
+
+
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     frame.to_parquet(tmp, index=False)
@@ -67,7 +74,7 @@ def write_report(folder: Path) -> str:
     missing = max(0, expected - len(trials)) + counts.get("incomplete", 0)
     figures = []
     for i, fig_spec in enumerate(study["spec"].get("figures") or default_figures(study)):
-        path = KINDS[fig_spec["kind"]](history, trials, fig_spec, report_dir / figure_name(i, fig_spec))
+        path = figure_kinds()[fig_spec["kind"]](history, trials, fig_spec, report_dir / figure_name(i, fig_spec))
         if path is not None:
             figures.append((path.name, fig_spec))
     table = summary_table(trials, study) if len(trials) else pd.DataFrame()
@@ -107,12 +114,14 @@ def _write_index(report_dir: Path, study: dict, trials: pd.DataFrame, counts: di
         *[f"<p class='note'>{n}</p>" for n in notes],
     ]
     for name, fig_spec in figures:
-        ys = ", ".join(label(y) for y in fig_spec["y"])
-        x = label(fig_spec.get("x") or "epoch")
-        by = f"; lines: {label(fig_spec['hue'])}" if fig_spec.get("hue") else ""
-        by += f"; panels: {label(fig_spec['col'])}" if fig_spec.get("col") else ""
-        parts.append(f"<h2>{esc(ys)} vs {esc(x)}</h2><p>Mean over seeds, 95% CI band{esc(by)}.</p>"
-                     f"<img src='{esc(name)}' alt='{esc(ys)}'>")
+        ys = ", ".join(label(y) for y in fig_spec.get("y") or [])
+        heading = fig_spec.get("title") or (f"{ys} vs {label(fig_spec.get('x') or 'epoch')}" if ys else fig_spec["kind"])
+        caption = ""
+        if fig_spec["kind"] in ("curves", "final"):
+            by = f"; lines: {label(fig_spec['hue'])}" if fig_spec.get("hue") else ""
+            by += f"; panels: {label(fig_spec['col'])}" if fig_spec.get("col") else ""
+            caption = f"<p>Mean over seeds, 95% CI band{esc(by)}.</p>"
+        parts.append(f"<h2>{esc(heading)}</h2>{caption}<img src='{esc(name)}' alt='{esc(heading)}'>")
     if not table.empty:
         parts.append("<h2>Final metrics</h2>" + table.to_html(index=False, border=0))
     parts.append("<h2>Provenance</h2><pre>" + esc(json.dumps(

@@ -103,19 +103,26 @@ class Resources(_Strict):
 
 
 class Figure(_Strict):
-    """One standard figure. `curves`: y against epoch, a line per `hue`, a panel per
-    `col`. `final`: the last evaluation's y against the hyperparameter `x`."""
+    """One standard figure. `curves`: y against epoch (or another history column
+    `x`), a line per `hue`, a panel per `col`. `final`: the last evaluation's y
+    against the hyperparameter `x`. Other kinds come from analysis/studies/."""
 
-    kind: Literal["curves", "final"]
-    y: list[str] = Field(min_length=1)
+    kind: str
+    y: list[str] = Field(default_factory=list)
     x: str | None = None
     hue: str | None = None
     col: str | None = None
-    logx: bool = False
+    logx: bool | Literal[2] = False  # true: log10 axis; 2: log2 (batch sizes)
+    logy: bool | Literal[2] = False
     title: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings
 
 
 class Spec(_Strict):
+    """A grid axis is a list of values, or of mappings ("variants", e.g.
+    `arch: [{name: linear, model: linear}, {name: mlp, model: mlp, hidden: [512]}]`)
+    that set several keys at once and appear in the results as their names."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     family: str
     description: str = ""
@@ -252,18 +259,53 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
     # Searched parameters are checked at both ends of their range.
     probes = list(itertools.product(*(bounds(d) for d in searched.values()))) or [()]
     axes = list(spec.grid)
+    variant_axes = _variant_axes(path, spec)
     cells = []
     for combo in itertools.product(*(range(len(spec.grid[a])) for a in axes)):
+        chosen = dict(zip(axes, combo))
+        config, labels, origin = dict(spec.fixed), {}, {}
+        for axis, i in chosen.items():
+            value = spec.grid[axis][i]
+            if axis in variant_axes:
+                labels[axis] = variant_axes[axis][i]
+                config.update({k: v for k, v in value.items() if k != "name"})
+                origin.update({k: f"grid.{axis}[{i}].{k}" for k in value})
+            else:
+                config[axis] = value
         for seed_index, seed in enumerate(spec.seeds):
-            config = {**spec.fixed, **{a: spec.grid[a][i] for a, i in zip(axes, combo)}, "seed": seed}
+            seeded = {**config, "seed": seed}
             for probe in probes:
-                probed = {**config, **dict(zip(searched, probe))}
+                probed = {**seeded, **dict(zip(searched, probe))}
                 try:
                     resolved = family.validate(probed)
                 except ConfigError as exc:
-                    raise SpecError(f"{path}: {_where(exc.key, spec, dict(zip(axes, combo)), seed_index)}: {exc.message}") from None
-            cells.append({k: v for k, v in resolved.items() if k not in searched})
+                    top = re.split(r"[.\[]", exc.key)[0]
+                    where = origin[top] + exc.key[len(top):] if top in origin else _where(exc.key, spec, chosen, seed_index)
+                    raise SpecError(f"{path}: {where}: {exc.message}") from None
+            # A variant axis becomes a column holding the variant's name.
+            cells.append({**{k: v for k, v in resolved.items() if k not in searched}, **labels})
     return cells
+
+
+def _variant_axes(path: Path, spec: Spec) -> dict[str, list[str]]:
+    """Grid axes whose values are mappings ("variants"): each value sets several
+    config keys at once (e.g. a model and its arguments) and is named by its `name`
+    key (or by its keys and values). Returns axis -> variant names."""
+    variants = {}
+    for axis, values in spec.grid.items():
+        kinds = {isinstance(v, dict) for v in values}
+        if kinds == {True}:
+            names = [str(v.get("name") or ",".join(f"{k}={v[k]}" for k in v)) for v in values]
+            if len(set(names)) != len(names):
+                raise SpecError(f"{path}: grid.{axis}: variants need distinct names (give each a `name:`)")
+            for i, value in enumerate(values):
+                clash = [k for k in value if k in spec.fixed or k in spec.grid]
+                if clash:
+                    raise SpecError(f"{path}: grid.{axis}[{i}].{clash[0]}: also set in fixed or as a grid axis")
+            variants[axis] = names
+        elif len(kinds) > 1:
+            raise SpecError(f"{path}: grid.{axis}: mixes mappings (variants) and plain values")
+    return variants
 
 
 def _where(key: str, spec: Spec, combo: dict[str, int], seed_index: int) -> str:
@@ -279,10 +321,20 @@ def _where(key: str, spec: Spec, combo: dict[str, int], seed_index: int) -> str:
 
 
 def _check_figures(path: Path, spec: Spec, cells: list[dict]) -> None:
+    from analysis.report import figure_kinds
+
+    kinds = figure_kinds()
     known = set(cells[0]) | {"n_params", "epoch"} | (set(spec.search.space) if spec.search else set())
     for i, fig in enumerate(spec.figures):
+        if fig.kind not in kinds:
+            raise SpecError(f"{path}: figures[{i}].kind: unknown figure kind {fig.kind!r}{suggest(fig.kind, kinds)}; "
+                            f"known: {', '.join(sorted(kinds))}")
+        if fig.kind in ("curves", "final") and not fig.y:
+            raise SpecError(f"{path}: figures[{i}].y: name at least one metric to plot")
         for role in ("x", "hue", "col"):
             column = getattr(fig, role)
+            if role == "x" and fig.kind == "curves":
+                continue  # a history column (epoch, step, alpha, ...), known only after running
             if column is not None and column not in known:
                 raise SpecError(f"{path}: figures[{i}].{role}: {column!r} is not a config key{suggest(column, known)}")
         if fig.kind == "final" and fig.x is None:

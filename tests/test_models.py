@@ -18,6 +18,7 @@ SMALL_ARGS = {
     "linear": {},
     "mlp": {"hidden": [32, 16], "dropout": 0.1},
     "cnn_overparam": {"width": 0.125, "head": 16},
+    "cnn_small": {"channels": [4, 8]},
 }
 
 
@@ -36,6 +37,11 @@ def test_every_registered_model_has_small_test_arguments():
         # width 0.5: 32/64/128 channels, head 256
         ("cnn_overparam", {"width": 0.5},
          9 * 32 + 64 + 9 * 32 * 64 + 128 + 9 * 64 * 128 + 256 + 128 * 49 * 256 + 256 + 256 * 10 + 10),
+        # cnn_small: conv weights + biases per layer, then the linear head on the last width
+        ("cnn_small", {"channels": [8, 8]}, (9 * 8 + 8) + (9 * 8 * 8 + 8) + (8 * 10 + 10)),
+        ("cnn_small", {"channels": [128, 96]}, (9 * 128 + 128) + (9 * 128 * 96 + 96) + (96 * 10 + 10)),
+        ("cnn_small", {"channels": [32, 64, 128]},
+         (9 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 128 + 128) + (128 * 10 + 10)),
     ],
 )
 def test_exact_parameter_counts(name, args, expected):

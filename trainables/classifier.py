@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from trainables import data as datasets
 from trainables.engine import EngineConfig, fit
@@ -28,6 +28,9 @@ class DataConfig(BaseModel):
     val_size: NonNegativeInt = 0  # held out of the 60k training images (for searches)
     test_size: PositiveInt | None = None  # fixed balanced subset of the 10k test images; None: all
     data_seed: NonNegativeInt = 0  # which subset; fixed by default so seeds vary only the training
+    # Fraction of training labels replaced by uniformly random ones (drawn once from
+    # data_seed: the same in every epoch, restart and seed); test labels never change.
+    label_noise: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class ClassifierConfig(EngineConfig, DataConfig):
@@ -61,6 +64,11 @@ def validate(config: dict) -> dict:
                                         f"({resolved.train_size or available} images)")
     if resolved.test_size is not None and resolved.test_size > source.test_count:
         raise ConfigError("test_size", f"{resolved.test_size} exceeds the {source.test_count} test images")
+    from trainables.probes import PROBES
+
+    for i, probe in enumerate(resolved.probes):
+        if probe not in PROBES:
+            raise ConfigError(f"probes[{i}]", f"unknown probe {probe!r}{suggest(probe, PROBES)}; known: {', '.join(sorted(PROBES))}")
     return {**resolved.model_dump(), **args.model_dump()}
 
 
@@ -87,15 +95,16 @@ def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.dev
     """train / val (when val_size > 0) / test splits as indices into device tensors."""
     train_idx, val_idx = datasets.training_split(ds.train_y, cfg.train_size, cfg.val_size, cfg.data_seed)
     test_idx = datasets.test_subset(ds.test_y, cfg.test_size)
-    train_x, train_y = datasets.as_tensor(ds.train_x, device), datasets.as_tensor(ds.train_y, device)
+    train_labels = datasets.noisy_labels(ds.train_y, train_idx, cfg.label_noise, cfg.data_seed)
+    train_x, train_y = datasets.as_tensor(ds.train_x, device), datasets.as_tensor(train_labels, device)
     test_x, test_y = datasets.as_tensor(ds.test_x, device), datasets.as_tensor(ds.test_y, device)
 
     def split(x, y, idx):
         return datasets.Split(x, y, torch.as_tensor(idx, device=device), ds.mean, ds.std)
 
     splits = {"train": split(train_x, train_y, train_idx)}
-    if len(val_idx):
-        splits["val"] = split(train_x, train_y, val_idx)
+    if len(val_idx):  # validation labels are never noisy
+        splits["val"] = split(train_x, datasets.as_tensor(ds.train_y, device), val_idx)
     splits["test"] = split(test_x, test_y, test_idx)
     return splits
 

@@ -214,6 +214,25 @@ def test_subset(labels: np.ndarray, test_size: int | None) -> np.ndarray:
     return np.sort(balanced_order(labels, seed=0)[:test_size])
 
 
+# Seed offset for label noise, so the noisy labels do not correlate with the subset order.
+_NOISE_SEED_OFFSET = 2_000_003
+
+
+def noisy_labels(labels: np.ndarray, idx: np.ndarray, fraction: float, data_seed: int,
+                 num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """`labels` with round(fraction * len(idx)) of the rows `idx` given uniformly random
+    labels (a random label may equal the true one, as in Zhang et al. 2017). The
+    choice depends only on (idx, fraction, data_seed): identical in every epoch,
+    restart and training seed. Returns `labels` itself when fraction is 0."""
+    if fraction <= 0:
+        return labels
+    rng = np.random.default_rng(data_seed + _NOISE_SEED_OFFSET)
+    chosen = rng.choice(idx, size=round(fraction * len(idx)), replace=False)
+    noisy = labels.copy()
+    noisy[chosen] = rng.integers(0, num_classes, size=len(chosen))
+    return noisy
+
+
 @dataclass
 class Split:
     """A subset of images as indices into a device-resident uint8 array."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -44,6 +44,21 @@ class EngineConfig(BaseModel):
     # 256 keeps CPU activations cache-sized (measured 1.4x faster than 1000 for
     # cnn_overparam on one core); GPUs are indifferent at MNIST scale.
     eval_batch_size: PositiveInt = 256
+    # A budget of optimizer steps instead of epochs (batch-size studies compare equal
+    # step counts). When set, `epochs` is ignored: training runs ceil(max_steps /
+    # steps per epoch) epochs, the last one cut at max_steps, and is evaluated there.
+    max_steps: PositiveInt | None = None
+    per_class: bool = False  # also report test accuracy per class (test_acc_0 .. test_acc_9)
+    # End-of-training measurements from trainables/probes.py, reported with the last
+    # evaluation (e.g. sensitivity, sharpness, confusion).
+    probes: list[str] = Field(default_factory=list)
+    probe_size: PositiveInt = 1000  # test images (or training batch) a probe looks at
+
+    def last_epoch(self, train_size: int) -> int:
+        if self.max_steps is None:
+            return self.epochs
+        steps_per_epoch = math.ceil(train_size / self.batch_size)
+        return math.ceil(self.max_steps / steps_per_epoch)
 
 
 # How often (steps) to check the running loss for NaN/inf. Checking forces a device
@@ -66,21 +81,37 @@ def weight_norm(model: nn.Module) -> float:
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(model.parameters())))))
 
 
+class Evaluation(NamedTuple):
+    loss: float  # mean cross-entropy
+    acc: float  # fraction correct, in [0, 1]
+    per_class_acc: list[float]  # accuracy on each class's images (NaN for an absent class)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in [0, 1]) over the whole split, in eval mode."""
+def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes: int = 10) -> Evaluation:
+    """Loss, accuracy and per-class accuracy over the whole split, in eval mode."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device, dtype=torch.long)
+    device = split.x.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(num_classes, device=device, dtype=torch.long)
+    count = torch.zeros(num_classes, device=device, dtype=torch.long)
     for start in range(0, len(split), batch_size):
         rows = split.idx[start : start + batch_size]
         logits = model(split.inputs(rows))
         labels = split.labels(rows)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
+        correct += torch.bincount(labels[logits.argmax(1) == labels], minlength=num_classes)
+        count += torch.bincount(labels, minlength=num_classes)
     model.train(was_training)
-    return float(loss_sum) / len(split), float(correct) / len(split)
+    per_class = (correct.double() / count.double()).tolist()  # 0/0 -> NaN for absent classes
+    return Evaluation(float(loss_sum) / len(split), int(correct.sum()) / len(split), per_class)
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in [0, 1]) over the whole split, in eval mode."""
+    result = evaluate_split(model, split, batch_size)
+    return result.loss, result.acc
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
@@ -123,7 +154,8 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
-    for epoch in range(first_epoch, cfg.epochs + 1):
+    last_epoch = cfg.last_epoch(len(train))
+    for epoch in range(first_epoch, last_epoch + 1):
         started = time.perf_counter()
         perm = train.idx[torch.randperm(len(train), generator=order_rng).to(device)]
         loss_sum = torch.zeros((), device=device)
@@ -144,20 +176,29 @@ def fit(
             n_steps += 1
             if n_steps % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
                 break
+            if cfg.max_steps is not None and steps + n_steps >= cfg.max_steps:
+                break
         steps += n_steps
         elapsed += time.perf_counter() - started
         running_loss = float(loss_sum) / n_steps
         if not math.isfinite(running_loss):
             on_epoch(_diverged_metrics(epoch, steps, elapsed, running_loss, evals), None)
             return "diverged"
-        if epoch % cfg.eval_every and epoch != cfg.epochs:
+        if epoch % cfg.eval_every and epoch != last_epoch:
             continue
 
         eval_started = time.perf_counter()
         metrics: dict = {"epoch": epoch, "step": steps}
         metrics["train_loss"], metrics["train_acc"] = evaluate(model, train, cfg.eval_batch_size)
         for name, split in evals.items():
-            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = evaluate(model, split, cfg.eval_batch_size)
+            result = evaluate_split(model, split, cfg.eval_batch_size)
+            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = result.loss, result.acc
+            if cfg.per_class and name == "test":
+                metrics.update({f"test_acc_{c}": acc for c, acc in enumerate(result.per_class_acc)})
+        if epoch == last_epoch and cfg.probes and "test" in evals:
+            from trainables.probes import run_probes
+
+            metrics.update(run_probes(cfg.probes, model, train, evals["test"], cfg))
         elapsed += time.perf_counter() - eval_started
         if "test_acc" in metrics:
             metrics["gap_acc"] = metrics["train_acc"] - metrics["test_acc"]
@@ -167,7 +208,7 @@ def fit(
             weight_norm=weight_norm(model),
             grad_norm=float(grad_norm_sum) / n_steps,  # mean over the epoch's steps
             time_s=elapsed,  # wall seconds of training + evaluation so far
-            status="ok" if epoch == cfg.epochs else "running",
+            status="ok" if epoch == last_epoch else "running",
         )
         if not math.isfinite(metrics["train_loss"]):
             on_epoch(_diverged_metrics(epoch, steps, elapsed, metrics["train_loss"], evals), None)

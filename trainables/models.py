@@ -112,3 +112,22 @@ def cnn_overparam(width: float, head: int) -> nn.Module:
         nn.Linear(c3 * side * side, head), nn.ReLU(),
         nn.Linear(head, NUM_CLASSES),
     )
+
+
+class CNNSmallArgs(ModelArgs):
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)  # per conv layer
+
+
+@register_model("cnn_small", CNNSmallArgs)
+def cnn_small(channels: list[int]) -> nn.Module:
+    """conv3x3 -> ReLU -> 2x2 max-pool per entry of `channels`, then global average
+    pooling and a linear layer. No BatchNorm, so weights can be interpolated and
+    Hessians taken without batch statistics getting in the way. Parameter count
+    grows with the channel widths alone (the head is channels[-1] x 10)."""
+    layers: list[nn.Module] = []
+    c_in = 1
+    for c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES)]
+    return nn.Sequential(*layers)

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from trainables.registry import Registry  # noqa: E402
+
 LABELS = {
     "test_acc": "test accuracy", "train_acc": "train accuracy", "val_acc": "validation accuracy",
     "gap_acc": "generalization gap (train acc - test acc)", "gap_loss": "generalization gap (test loss - train loss)",
@@ -144,22 +146,15 @@ def _save(fig, fig_spec: dict, path: Path) -> None:
 
 
 FigureFunction = Callable[[pd.DataFrame, pd.DataFrame, dict, Path], "Path | None"]
-KINDS: dict[str, FigureFunction] = {"curves": curves, "final": final}
-
-
-def register_figure(kind: str) -> Callable[[FigureFunction], FigureFunction]:
-    """Add a figure kind (a study module's special figure: a confusion matrix, weight
-    templates, ...). It gets (history, trials, its figure spec, the PNG path) and
-    returns the path it wrote, or None when the data hold nothing to draw.
-    The study folder is `path.parent.parent` (for artifacts such as checkpoints)."""
-
-    def decorator(function: FigureFunction) -> FigureFunction:
-        if kind in KINDS:
-            raise ValueError(f"figure kind {kind!r} is registered twice")
-        KINDS[kind] = function
-        return function
-
-    return decorator
+# Figure kinds. A study module adds its special ones (a confusion matrix, weight
+# templates, ...) with @register_figure("kind"): the function gets (history, trials,
+# its figure spec, the PNG path) and returns the path it wrote, or None when the data
+# hold nothing to draw. The study folder is `path.parent.parent` (for artifacts
+# such as checkpoints).
+KINDS: Registry[FigureFunction] = Registry("figure kind")
+KINDS.add("curves", curves)
+KINDS.add("final", final)
+register_figure = KINDS.register
 
 
 def figure_name(index: int, fig_spec: dict) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel, ValidationError
 
 from trainables.errors import ConfigError
+from trainables.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,22 @@ class Family:
     default_metric: str = "test_acc"
 
 
-FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("family")
 
 
 def register_family(family: Family) -> Family:
-    if family.name in FAMILIES:
-        raise ValueError(f"family {family.name!r} is registered twice")
-    FAMILIES[family.name] = family
-    return family
+    return FAMILIES.add(family.name, family)
+
+
+# Modules whose import registers a family; add a new family's module here.
+FAMILY_MODULES = ("trainables.classifier",)
 
 
 def get_family(name: str) -> Family:
-    import trainables.classifier  # noqa: F401  (registers the built-in families)
+    import importlib
+
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
 
     if name not in FAMILIES:
         raise ConfigError("family", f"unknown family {name!r}{suggest(name, FAMILIES)}; known: {', '.join(sorted(FAMILIES))}")

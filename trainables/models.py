@@ -17,6 +17,8 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
+from trainables.registry import Registry
+
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 
@@ -31,14 +33,12 @@ class ModelEntry:
     args: type[ModelArgs]
 
 
-MODELS: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(name: str, args: type[ModelArgs]) -> Callable:
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = ModelEntry(build, args)
+        MODELS.add(name, ModelEntry(build, args))
         return build
 
     return decorator

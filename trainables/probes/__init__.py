@@ -13,19 +13,11 @@ from typing import Callable
 from torch import nn
 
 from trainables.data import Split
+from trainables.registry import Registry
 
 Probe = Callable[[nn.Module, Split, Split, "object"], dict]
-PROBES: dict[str, Probe] = {}
-
-
-def register_probe(name: str) -> Callable[[Probe], Probe]:
-    def decorator(probe: Probe) -> Probe:
-        if name in PROBES:
-            raise ValueError(f"probe {name!r} is registered twice")
-        PROBES[name] = probe
-        return probe
-
-    return decorator
+PROBES: Registry[Probe] = Registry("probe")
+register_probe = PROBES.register
 
 
 def first_rows(split: Split, n: int) -> Split:

@@ -56,7 +56,8 @@ def restored_state() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint is data (tensors, numbers, dicts), never code to run.
+        return torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def tune_reporter(extra: dict):

@@ -51,11 +51,24 @@ def _palette_column(frame: pd.DataFrame, hue: str | None) -> str | None:
     return f"{hue} "
 
 
+def _palette(frame: pd.DataFrame, hue: str | None) -> str | None:
+    """An ordered colour map for numbers; distinct colours for names (variants such as
+    architectures have no order, and neighbours on viridis are hard to tell apart)."""
+    if hue is None:
+        return None
+    return "tab10" if frame[hue].dropna().map(lambda v: isinstance(v, str)).all() else "viridis"
+
+
 def _log_axis(ax, axis: str, base) -> None:
     """base: True/10 for decades, 2 for powers of two (batch sizes)."""
     if base:
         getattr(ax, f"set_{axis}scale")("log", base=2 if base == 2 else 10)
-        getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks collide
+        # Labelled minor ticks collide on axes spanning decades; on one spanning less
+        # than a decade (a test loss from 0.18 to 0.3) they are the only labels, so
+        # matplotlib's thresholds decide (none above 1 decade, a subset from 0.4).
+        minor = (matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False) if base != 2
+                 else matplotlib.ticker.NullFormatter())
+        getattr(ax, f"{axis}axis").set_minor_formatter(minor)
         if base == 2:
             getattr(ax, f"{axis}axis").set_major_formatter(matplotlib.ticker.ScalarFormatter())
 
@@ -79,7 +92,7 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pa
             panel = data if col is None else data[data[col] == value]
             # markers: a trial stopped early by a scheduler may have a single point
             sns.lineplot(panel, x=x, y=y, hue=hue, errorbar=("ci", 95), ax=ax, marker="o", markersize=3,
-                         palette="viridis" if hue else None, legend=(r == 0 and c == len(cols) - 1))
+                         palette=_palette(data, fig_spec.get("hue")), legend=(r == 0 and c == len(cols) - 1))
             _log_axis(ax, "x", fig_spec.get("logx"))
             _log_axis(ax, "y", fig_spec.get("logy"))
             ax.set_ylabel(label(y) if c == 0 else "")
@@ -117,7 +130,7 @@ def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pat
     for c, y in enumerate(ys):
         ax = axes[0][c]
         sns.lineplot(last, x=x, y=y, hue=hue, marker="o", errorbar=("ci", 95), ax=ax,
-                     palette="viridis" if hue else None, legend=(c == len(ys) - 1))
+                     palette=_palette(last, fig_spec.get("hue")), legend=(c == len(ys) - 1))
         _log_axis(ax, "x", logx)
         _log_axis(ax, "y", fig_spec.get("logy"))
         if logx:

@@ -76,5 +76,8 @@ class ProgressPrinter(tune.Callback):
             if "epoch" not in last:
                 self._say(f"    {self._label(t)}: starting")
                 continue
-            self._say(f"    {self._label(t)}: epoch {last['epoch']}/{epochs} "
+            where = f"epoch {last['epoch']}/{epochs}"
+            if t.config.get("cell", {}).get("max_steps") and "step" in last:  # a step budget: epochs is ignored
+                where = f"step {last['step']}/{t.config['cell']['max_steps']}"
+            self._say(f"    {self._label(t)}: {where} "
                       f"train_acc {_fmt(last.get('train_acc', float('nan')))} {self.metric} {_fmt(last.get(self.metric, float('nan')))}")

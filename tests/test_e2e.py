@@ -46,12 +46,13 @@ def test_smoke_writes_the_output_contract(smoke_runs, spec):
     trials = pd.read_parquet(folder / "trials.parquet")
     missing = [c for c in HISTORY_COLUMNS if c not in history]
     assert not missing, f"history.parquet lacks {missing}"
-    assert not [c for c in TRIAL_COLUMNS if c not in trials]
+    # a family that trains two solutions names their settings apart (interpolation: lr_a, lr_b)
+    assert not [c for c in TRIAL_COLUMNS if c not in trials and f"{c}_a" not in trials]
     assert len(trials) >= 2 and (trials["status"] == "ok").all()
     assert history["train_acc"].between(0, 1).all() and history["test_acc"].between(0, 1).all()
     assert (history["gap_acc"] - (history["train_acc"] - history["test_acc"])).abs().max() < 1e-9
-    # one row per trial x evaluated epoch
-    assert not history.duplicated(["trial_id", "epoch"]).any()
+    # one row per trial x evaluated epoch (x phase x alpha for the interpolation family)
+    assert not history.duplicated(["trial_id", "epoch", *[c for c in ("phase", "alpha") if c in history]]).any()
     assert set(history["trial_id"]) == set(trials["trial_id"])
     assert (trials["device"] == "cpu").all() and (trials["n_params"] > 0).all()
     pngs = sorted((folder / "report").glob("*.png"))
@@ -69,6 +70,15 @@ def test_weight_decay_smoke_varies_what_the_spec_says(smoke_runs):
     trials = pd.read_parquet(folder / "trials.parquet")
     assert sorted(trials["weight_decay"]) == [0.0, 0.01]
     assert (trials["train_size"] == 200).all() and (trials["model"] == "cnn_overparam").all()
+
+
+def test_interpolation_smoke_reports_both_trainings_and_every_alpha(smoke_runs):
+    folder, _ = smoke_runs["interpolation"]
+    history = pd.read_parquet(folder / "history.parquet")
+    for _, rows in history.groupby("trial_id"):
+        assert list(rows["phase"]) == ["A", "B"] + ["interpolation"] * 7
+        assert list(rows["alpha"].iloc[2:]) == [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
+        assert list(rows["batch_size"].iloc[:2]) == [64, 128]
 
 
 def test_lr_search_samples_within_its_range(smoke_runs):

@@ -20,26 +20,9 @@ MLP = ("mlp", {"hidden": [32]})
 CNN = ("cnn_overparam", {"width": 0.125, "head": 16})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def splits() -> tuple[D.Split, D.Split]:
-    """256 training and 256 test images, built the way classifier.make_splits does."""
-    ds = D.load_dataset("mnist")
-    cpu = torch.device("cpu")
-    train_idx, _ = D.training_split(ds.train_y, train_size=256, val_size=0, data_seed=0)
-    test_idx = D.test_subset(ds.test_y, 256)
-    train_x, train_y = D.as_tensor(ds.train_x, cpu), D.as_tensor(ds.train_y, cpu)
-    test_x, test_y = D.as_tensor(ds.test_x, cpu), D.as_tensor(ds.test_y, cpu)
-    train = D.Split(train_x, train_y, torch.as_tensor(train_idx), ds.mean, ds.std)
-    test = D.Split(test_x, test_y, torch.as_tensor(test_idx), ds.mean, ds.std)
-    return train, test
+def splits(make_splits) -> tuple[D.Split, D.Split]:
+    return make_splits(256, 256)
 
 
 def new_model(spec=MLP, seed: int = 0) -> torch.nn.Module:

@@ -39,7 +39,7 @@ def register_family(family: Family) -> Family:
 
 
 # Modules whose import registers a family; add a new family's module here.
-FAMILY_MODULES = ("trainables.classifier",)
+FAMILY_MODULES = ("trainables.classifier", "trainables.interpolation")
 
 
 def get_family(name: str) -> Family:

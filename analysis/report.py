@@ -52,6 +52,8 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
         return table.rename(columns=lambda c: c.removeprefix("final_"))
     grouped = ok.groupby(keys, dropna=False) if keys else ok.groupby(lambda _: "all")
     out = pd.DataFrame({"n": grouped.size()})
+    if "n_params" in ok and ok["n_params"].nunique() > 1:  # capacity varies: say how much
+        out["params"] = grouped["n_params"].first().astype(int)
     for m in metrics:
         mean, std = grouped[m].mean(), grouped[m].std().fillna(0.0)
         out[m.removeprefix("final_")] = [f"{a:.4f} ± {s:.4f}" for a, s in zip(mean, std)]

@@ -57,7 +57,9 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
     for m in metrics:
         mean, std = grouped[m].mean(), grouped[m].std().fillna(0.0)
         out[m.removeprefix("final_")] = [f"{a:.4f} ± {s:.4f}" for a, s in zip(mean, std)]
-    return out.reset_index()
+    out = out.reset_index()
+    # widths like "128-96" sort as text; order by size instead
+    return out.sort_values("params", kind="stable") if "params" in out else out
 
 
 def write_report(folder: Path) -> str:

@@ -41,8 +41,11 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
     """Final metrics of ok trials as mean ± std over seeds, with n, per grid cell."""
     ok = trials[trials["status"] == "ok"]
     keys = [k for k in _varying(study) if k in ok]
-    metrics = [c for c in ("final_train_acc", "final_val_acc", "final_test_acc", "final_gap_acc", "final_weight_norm")
-               if c in ok]
+    from trainables.families import get_family
+
+    wanted = get_family(study["spec"]["family"]).summary_metrics or (
+        "train_acc", "val_acc", "test_acc", "gap_acc", "weight_norm")
+    metrics = [f"final_{m}" for m in wanted if f"final_{m}" in ok]
     if ok.empty or not metrics:
         return pd.DataFrame()
     if study["spec"].get("search"):
@@ -50,7 +53,7 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
             "final_val_acc" if "final_val_acc" in metrics else metrics[0], ascending=False)
         table[metrics] = table[metrics].round(4)
         return table.rename(columns=lambda c: c.removeprefix("final_"))
-    grouped = ok.groupby(keys, dropna=False) if keys else ok.groupby(lambda _: "all")
+    grouped = ok.groupby(keys, dropna=False) if keys else ok.assign(trials="all").groupby("trials")
     out = pd.DataFrame({"n": grouped.size()})
     if "n_params" in ok and ok["n_params"].nunique() > 1:  # capacity varies: say how much
         out["params"] = grouped["n_params"].first().astype(int)

@@ -16,6 +16,7 @@ import torch
 from sweeps.schema import load_study
 from sweeps.specyaml import SpecError
 from trainables import data as D
+from trainables.families import get_family
 from trainables import interpolation as I
 from trainables.errors import ConfigError
 from trainables.models import build_model
@@ -93,6 +94,17 @@ def test_alpha_0_and_1_reproduce_the_final_evaluations_of_A_and_B(trial):
         assert at[1.0][key] == pytest.approx(final_b[key], rel=1e-6, abs=1e-9), key
     # the two solutions really differ, so the check above is not vacuous
     assert final_a["train_loss"] != pytest.approx(final_b["train_loss"], rel=1e-3)
+
+
+def test_the_last_row_summarizes_the_endpoints(trial):
+    _, _, _, rows, _ = trial
+    last = rows[-1]
+    final_a = [r for r in rows if r["phase"] == "A"][-1]
+    final_b = [r for r in rows if r["phase"] == "B"][-1]
+    for key in METRICS:
+        assert last[f"a_{key}"] == final_a[key] and last[f"b_{key}"] == final_b[key], key
+    # what the report's table shows for this family
+    assert set(get_family("interpolation").summary_metrics) <= set(last)
 
 
 def test_the_alpha_grid_has_the_requested_points(trial):

@@ -29,6 +29,9 @@ class Family:
     train: Callable[[dict, Any], None]
     # Metric a search or scheduler optimizes when the spec names none.
     default_metric: str = "test_acc"
+    # Last-row metrics the report's table shows (mean ± std per cell); empty: the
+    # output contract's accuracies, gap and weight norm.
+    summary_metrics: tuple[str, ...] = ()
 
 
 FAMILIES: Registry[Family] = Registry("family")

@@ -242,22 +242,30 @@ def _engine_config(cfg: InterpolationConfig, solution: str) -> EngineConfig:
     return EngineConfig(**values)
 
 
+# The endpoints' last evaluations, repeated on the study's last row as a_* / b_*, so
+# trials.parquet and the report's table summarize A and B, not the alpha = 2 point.
+_ENDPOINT_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
 def _train_solution(solution: str, cfg: InterpolationConfig, model_args: dict, splits: dict[str, Split],
                     report: Report, done: dict, engine_state: dict | None) -> tuple[str, dict]:
     """Train A or B with the engine; its epochs are reported with `phase` = solution.
-    Returns (status, {"weights": final state dict, "time_s": training seconds})."""
+    Returns (status, {"weights": final state dict, "time_s": training seconds,
+    "final": its last evaluation's losses and accuracies})."""
     train = splits["train"]
     evals = {name: split for name, split in splits.items() if name != "train"}
     engine_cfg = _engine_config(cfg, solution)
     model = new_model(cfg, model_args, solution, train.x.device)
     offset = sum(d["time_s"] for d in done.values())  # earlier phases' seconds
     seconds = {"time_s": engine_state["elapsed_s"] if engine_state else 0.0}
+    final: dict = {}
 
     def on_epoch(metrics: dict, state: dict | None) -> None:
         row = {**metrics, "phase": solution, "lr": engine_cfg.lr, "batch_size": engine_cfg.batch_size,
                "time_s": offset + metrics["time_s"]}
         if row["status"] == "ok":
             row["status"] = "running"  # the trial goes on after this solution
+        final.update({k: metrics[k] for k in _ENDPOINT_METRICS if k in metrics})
         if state is not None:
             seconds["time_s"] = state["elapsed_s"]
             state = {"phase": solution, "engine": state, "done": done}
@@ -265,7 +273,7 @@ def _train_solution(solution: str, cfg: InterpolationConfig, model_args: dict, s
 
     status = fit(model, train, evals, engine_cfg, on_epoch, resume=engine_state)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return status, {"weights": weights, "time_s": seconds["time_s"]}
+    return status, {"weights": weights, "time_s": seconds["time_s"], "final": final}
 
 
 def evaluate_alpha(model: nn.Module, theta_a: dict, theta_b: dict, alpha: float, splits: dict[str, Split],
@@ -321,6 +329,9 @@ def run(cfg: InterpolationConfig, model_args: dict, splits: dict[str, Split], re
             row.update(barrier_train_loss=loss_barrier(alphas, train_losses),
                        barrier_test_loss=loss_barrier(alphas, test_losses),
                        distance_ab=param_distance(theta_a, theta_b, names))
+            for solution in ("A", "B"):
+                endpoint = done[solution].get("final") or {}
+                row.update({f"{solution.lower()}_{k}": endpoint.get(k, float("nan")) for k in _ENDPOINT_METRICS})
         row["status"] = "ok" if last else "running"
         report(row, {"phase": "interpolation", "done": done, "curve": list(curve), "interp_time_s": elapsed})
     return "ok"
@@ -340,4 +351,6 @@ def train(config: dict, data: dict) -> None:
     run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state())
 
 
-register_family(Family(name="interpolation", validate=validate, load_data=load_data, train=train))
+register_family(Family(name="interpolation", validate=validate, load_data=load_data, train=train,
+                       summary_metrics=("a_test_acc", "b_test_acc", "barrier_train_loss", "barrier_test_loss",
+                                        "distance_ab")))

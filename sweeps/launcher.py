@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
+from analysis.collect import STUDY_FILE, TUNE_DIR  # the study folder's layout, named once
 from sweeps.provenance import provenance
 from sweeps.schema import Study
 from sweeps.specyaml import SpecError
@@ -29,10 +30,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # is what makes resuming exact; the warning about that cost is noise at our scale.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-TUNE_DIR = "tune"
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
-STUDY_FILE = "study.json"
 # What makes two runs the same study; resources, figures and retries may change.
 _IDENTITY_KEYS = ("family", "fixed", "grid", "search", "scheduler", "seeds")
 

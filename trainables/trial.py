@@ -13,9 +13,10 @@ import ray
 import torch
 from ray import tune
 
+from trainables.checkpoint import load_state, save_state
+
 log = logging.getLogger("gensweep.trial")
 
-_STATE_FILE = "state.pt"
 
 
 def trial_device() -> tuple[torch.device, dict]:
@@ -56,8 +57,7 @@ def restored_state() -> dict | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        # weights_only: a checkpoint is data (tensors, numbers, dicts), never code to run.
-        return torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=True)
+        return load_state(Path(folder))
 
 
 def tune_reporter(extra: dict):
@@ -70,7 +70,7 @@ def tune_reporter(extra: dict):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="gensweep-ckpt-") as folder:
-            torch.save(state, Path(folder) / _STATE_FILE)
+            save_state(Path(folder), state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     return report

@@ -20,19 +20,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
+from analysis.collect import TUNE_DIR
 from analysis.figures import _save, label, register_figure
+from trainables.checkpoint import last_checkpoint, load_state
 
 SIDE = 28  # MNIST images are 28x28, so each template is a 784-long weight row
-_TUNE_DIR = "tune"  # the Tune experiment inside a study folder (sweeps/launcher.py)
-_STATE_FILE = "state.pt"  # what a checkpoint holds (trainables/trial.py)
-
-
-def last_checkpoint(trial_dir: Path) -> Path | None:
-    """The newest `checkpoint_*/state.pt` of a trial folder (Tune numbers them in order)."""
-    states = sorted(trial_dir.glob(f"checkpoint_*/{_STATE_FILE}"), key=lambda p: p.parent.name)
-    return states[-1] if states else None
 
 
 def templates(state_dict: dict) -> np.ndarray:
@@ -65,10 +58,10 @@ def weight_templates(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict
         return None
     rows = []
     for _, trial in chosen_trials(trials, row).iterrows():
-        state_file = last_checkpoint(study / _TUNE_DIR / str(trial["trial_id"]))
+        state_file = last_checkpoint(study / TUNE_DIR / str(trial["trial_id"]))
         if state_file is None:
             continue
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state = load_state(state_file)
         rows.append((trial, templates(state["model"])))
     if not rows:
         return None

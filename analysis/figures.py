@@ -109,11 +109,21 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pa
     return path
 
 
+def last_evaluations(history: pd.DataFrame, trials: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Each ok trial's last report, with the trial-level `columns` (e.g. n_params)
+    that the history lacks. History rows are in report order within a trial
+    (collect.py), so "last" needs no sort (and an epoch sort would misorder
+    families that report several rows per epoch)."""
+    last = _ok(history, trials).groupby("trial_id").tail(1).copy()
+    wanted = [c for c in dict.fromkeys(columns) if c not in last and c in trials]
+    if wanted:
+        last = last.merge(trials[["trial_id", *wanted]], on="trial_id")
+    return last
+
+
 def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
-    last = _ok(history, trials).sort_values("epoch").groupby("trial_id").tail(1).copy()
     x = fig_spec["x"]
-    if x not in last and x in trials:
-        last = last.merge(trials[["trial_id", x]], on="trial_id")
+    last = last_evaluations(history, trials, [x])
     ys = [y for y in fig_spec["y"] if y in last and last[y].notna().any()]
     if last.empty or not ys:
         return None

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import LABELS, _log_axis, _ok, _save, label, register_figure
+from analysis.figures import LABELS, _log_axis, _save, label, last_evaluations, register_figure
 
 LABELS.setdefault("sensitivity", "input sensitivity ||∂L/∂x||")  # mean over test images, normalized input
 LABELS.setdefault("sharpness", "sharpness (top Hessian eigenvalue)")
@@ -34,19 +34,11 @@ _BASE_LABELS = {"loss": "cross-entropy loss", "acc": "accuracy"}
 _SPLIT_STYLE = {"train": ("tab:blue", (4, 2)), "test": ("tab:orange", "")}  # colour, dashes
 
 
-def _last_evaluations(history: pd.DataFrame, trials: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    last = _ok(history, trials).sort_values("epoch").groupby("trial_id").tail(1).copy()
-    wanted = [c for c in columns if c not in last and c in trials]
-    if wanted:
-        last = last.merge(trials[["trial_id", *wanted]], on="trial_id")
-    return last
-
-
 @register_figure("final_train_test")
 def final_train_test(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
     x = fig_spec["x"]
     top = (fig_spec.get("options") or {}).get("top_labels")
-    last = _last_evaluations(history, trials, [x, *([top] if top else [])])
+    last = last_evaluations(history, trials, [x, *([top] if top else [])])
     if last.empty or x not in last:
         return None
     panels = []  # (title, long frame with columns x, value, split)

@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -60,17 +61,24 @@ def _palette(frame: pd.DataFrame, hue: str | None) -> str | None:
 
 
 def _log_axis(ax, axis: str, base) -> None:
-    """base: True/10 for decades, 2 for powers of two (batch sizes)."""
-    if base:
-        getattr(ax, f"set_{axis}scale")("log", base=2 if base == 2 else 10)
-        # Labelled minor ticks collide on axes spanning decades; on one spanning less
-        # than a decade (a test loss from 0.18 to 0.3) they are the only labels, so
-        # matplotlib's thresholds decide (none above 1 decade, a subset from 0.4).
-        minor = (matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False) if base != 2
-                 else matplotlib.ticker.NullFormatter())
-        getattr(ax, f"{axis}axis").set_minor_formatter(minor)
-        if base == 2:
-            getattr(ax, f"{axis}axis").set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    """A log axis with labelled ticks however narrow the range. base: True/10 for
+    decades, 2 for powers of two (batch sizes). Call it after plotting: base-10 ticks
+    are chosen from the data limits (1-2-5 per decade over wide ranges, evenly spaced
+    round values such as 0.2, 0.25, 0.3 within about a decade)."""
+    if not base:
+        return
+    scale_axis = getattr(ax, f"{axis}axis")
+    getattr(ax, f"set_{axis}scale")("log", base=2 if base == 2 else 10)
+    if base == 2:
+        scale_axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        scale_axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        return
+    low, high = getattr(ax, f"get_{axis}lim")()
+    narrow = low > 0 and np.log10(high / low) <= 1.2
+    scale_axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=6) if narrow
+                                 else matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    scale_axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    scale_axis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import _ok, _palette_column, _save, label, register_figure
+from analysis.figures import _log_axis, _ok, _palette_column, _save, label, register_figure
 
 _SPLITS = {"train": "training subset", "test": "test set"}
 
@@ -37,20 +37,6 @@ def _setting(trials: pd.DataFrame, solution: str) -> str:
         if key in ok and ok[key].nunique() == 1:
             parts.append(f"{name} {ok[key].iloc[0]:g}")
     return ", ".join(parts)
-
-
-def _log_y(ax, values: pd.Series) -> None:
-    """A log y axis with labelled ticks however narrow the range: 1-2-5 per decade over
-    wide ranges, evenly spaced round values (2.2, 2.4, ...) within a decade."""
-    values = values[np.isfinite(values) & (values > 0)]
-    ax.set_yscale("log")
-    if values.empty:
-        return
-    decades = np.log10(values.max() / values.min())
-    locator = mticker.LogLocator(subs=(1.0, 2.0, 5.0)) if decades > 1.2 else mticker.MaxNLocator(nbins=6)
-    ax.yaxis.set_major_locator(locator)
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(mticker.NullLocator())
 
 
 def _n_seeds(frame: pd.DataFrame) -> str:
@@ -75,7 +61,7 @@ def interpolation(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, p
                      markersize=3, palette="viridis" if hue != "split" else ["tab:blue", "tab:orange"],
                      legend=c == 1)
         if metric == "loss" and fig_spec.get("logy"):
-            _log_y(ax, long["loss"])
+            _log_axis(ax, "y", True)
         if metric == "loss":
             ax.set_ylabel("cross-entropy loss" + (" (log scale)" if fig_spec.get("logy") else ""))
         else:
@@ -112,7 +98,7 @@ def interpolation_training(history: pd.DataFrame, trials: pd.DataFrame, fig_spec
         sns.lineplot(rows, x="epoch", y=y, hue="solution", hue_order=list(names.values()), errorbar=("ci", 95),
                      ax=ax, marker="o", markersize=4, palette=["tab:green", "tab:purple"], legend=c == len(ys) - 1)
         if y.endswith("_loss") and fig_spec.get("logy"):
-            _log_y(ax, rows[y])
+            _log_axis(ax, "y", True)
         ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label(y) + (" (log scale)" if y.endswith("_loss") and fig_spec.get("logy") else ""))

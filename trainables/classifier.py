@@ -39,18 +39,26 @@ class ClassifierConfig(EngineConfig, DataConfig):
     model: str = "mlp"
 
 
-def validate(config: dict) -> dict:
-    """One trial's config with defaults filled in; raises ConfigError naming the key."""
-    model = config.get("model", ClassifierConfig.model_fields["model"].default)
+def check_keys(family: str, schema: type[BaseModel], own_keys, config: dict) -> tuple[str, type[BaseModel]]:
+    """(model name, its argument schema); a ConfigError for an unknown model, or for
+    a key that is neither the family's (`own_keys`) nor the model's argument.
+    `schema` (the family's config model) gives the default model."""
+    model = config.get("model", schema.model_fields["model"].default)
     if model not in MODELS:
         raise ConfigError("model", f"unknown model {model!r}{suggest(model, MODELS)}; known: {', '.join(sorted(MODELS))}")
     arg_schema = MODELS[model].args
+    for key in config:
+        if key not in own_keys and key not in arg_schema.model_fields:
+            known = [*own_keys, *arg_schema.model_fields]
+            raise ConfigError(key, f"unknown key for family {family!r} with model {model!r}{suggest(key, known)}")
+    return model, arg_schema
+
+
+def validate(config: dict) -> dict:
+    """One trial's config with defaults filled in; raises ConfigError naming the key."""
+    _, arg_schema = check_keys("classifier", ClassifierConfig, ClassifierConfig.model_fields, config)
     own = {k: v for k, v in config.items() if k in ClassifierConfig.model_fields}
     rest = {k: v for k, v in config.items() if k not in own}
-    for key in rest:
-        if key not in arg_schema.model_fields:
-            known = [*ClassifierConfig.model_fields, *arg_schema.model_fields]
-            raise ConfigError(key, f"unknown key for family 'classifier' with model {model!r}{suggest(key, known)}")
     resolved = validate_model(ClassifierConfig, own)
     args = validate_model(arg_schema, rest)
     source = datasets.DATASETS[resolved.dataset]
@@ -77,10 +85,16 @@ def load_data(configs: list[dict]) -> dict[str, datasets.ImageData]:
     return {name: datasets.load_dataset(name) for name in sorted({c["dataset"] for c in configs})}
 
 
+def parse_config(schema: type[ClassifierConfig], config: dict) -> tuple:
+    """A trial's flat config -> (the family's config model, the model's arguments).
+    Keys of neither (e.g. a variant axis's name) are labels for the results only."""
+    cfg = schema(**{k: v for k, v in config.items() if k in schema.model_fields})
+    return cfg, {k: v for k, v in config.items() if k in MODELS[cfg.model].args.model_fields}
+
+
 def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     """One Tune trial: build the splits on the trial's device, the model, and train."""
-    cfg = ClassifierConfig(**{k: v for k, v in config.items() if k in ClassifierConfig.model_fields})
-    model_args = {k: v for k, v in config.items() if k in MODELS[cfg.model].args.model_fields}
+    cfg, model_args = parse_config(ClassifierConfig, config)
     device, info = trial_device()
     ds = data[cfg.dataset]
     splits = make_splits(ds, cfg, device)

@@ -49,12 +49,12 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from trainables import classifier
-from trainables.classifier import ClassifierConfig, make_splits
+from trainables.classifier import ClassifierConfig, make_splits, parse_config
 from trainables.data import Split
 from trainables.engine import EngineConfig, evaluate_split, fit, weight_norm
 from trainables.errors import ConfigError
-from trainables.families import Family, register_family, suggest, validate_model
-from trainables.models import MODELS, build_model, count_params
+from trainables.families import Family, register_family, validate_model
+from trainables.models import build_model, count_params
 from trainables.trial import restored_state, trial_device, tune_reporter
 
 # Keys the two solutions do not share; the message says what to set instead.
@@ -133,15 +133,8 @@ def validate(config: dict) -> dict:
     for key, instead in PER_SOLUTION.items():
         if key in config:
             raise ConfigError(key, f"the interpolation family trains two solutions; set {instead} instead")
-    model = config.get("model", InterpolationConfig.model_fields["model"].default)
-    if model not in MODELS:
-        raise ConfigError("model", f"unknown model {model!r}{suggest(model, MODELS)}; known: {', '.join(sorted(MODELS))}")
-    arg_schema = MODELS[model].args
     own_keys = [k for k in InterpolationConfig.model_fields if k not in PER_SOLUTION]
-    for key in config:
-        if key not in own_keys and key not in arg_schema.model_fields:
-            known = [*own_keys, *arg_schema.model_fields]
-            raise ConfigError(key, f"unknown key for family 'interpolation' with model {model!r}{suggest(key, known)}")
+    model, arg_schema = classifier.check_keys("interpolation", InterpolationConfig, own_keys, config)
     own = {k: v for k, v in config.items() if k in own_keys}
     own["alphas"] = alpha_grid(config.get("alphas", {}))
     resolved = validate_model(InterpolationConfig, {**own, "model": model})
@@ -156,10 +149,6 @@ def validate(config: dict) -> dict:
             raise ConfigError(key, exc.message) from None
     model_args = {k: v for k, v in checked.items() if k in arg_schema.model_fields}
     return {**resolved.model_dump(exclude=set(PER_SOLUTION)), **model_args}
-
-
-def load_data(configs: list[dict]) -> dict:
-    return classifier.load_data(configs)
 
 
 # ---------------------------------------------------------------------------
@@ -338,8 +327,7 @@ def run(cfg: InterpolationConfig, model_args: dict, splits: dict[str, Split], re
 
 
 def _parse(config: dict) -> tuple[InterpolationConfig, dict]:
-    cfg = InterpolationConfig(**{k: v for k, v in config.items() if k in InterpolationConfig.model_fields})
-    return cfg, {k: v for k, v in config.items() if k in MODELS[cfg.model].args.model_fields}
+    return parse_config(InterpolationConfig, config)
 
 
 def train(config: dict, data: dict) -> None:
@@ -351,6 +339,6 @@ def train(config: dict, data: dict) -> None:
     run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state())
 
 
-register_family(Family(name="interpolation", validate=validate, load_data=load_data, train=train,
+register_family(Family(name="interpolation", validate=validate, load_data=classifier.load_data, train=train,
                        summary_metrics=("a_test_acc", "b_test_acc", "barrier_train_loss", "barrier_test_loss",
                                         "distance_ab")))

@@ -2,12 +2,18 @@
 
 Reads Tune's per-trial files directly (`params.json`, `result.json`, `error.txt`),
 so a report needs neither Ray running nor the study to be finished.
+
+Per-step records (a report's `steps` key: a dict of equal-length lists, at least
+`step` and `loss`, e.g. from the engine's `log_every_steps`) are kept out of the
+history and expanded into a third table, one row per trial x logged step
+(`collect_tables(...).steps`, written as steps.parquet by the report).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -19,7 +25,7 @@ STUDY_FILE = "study.json"
 CONTRACT_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "gap_acc", "gap_loss",
                     "weight_norm", "grad_norm", "time_s"]
 # Per-trial facts the trial reports with every row; they go to trials.parquet.
-TRIAL_FACTS = ["n_params", "device", "gpu_name", "hostname", "node_id", "num_threads"]
+TRIAL_FACTS = ["n_params", "device", "gpu_name", "gpu_ids", "hostname", "node_id", "num_threads"]
 # Tune's own bookkeeping columns we drop from the history.
 _TUNE_COLUMNS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
                  "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
@@ -58,13 +64,43 @@ def _hashable(value):
     return "-".join(map(str, value)) if isinstance(value, list) else value
 
 
+class Tables(NamedTuple):
+    history: pd.DataFrame
+    trials: pd.DataFrame
+    steps: pd.DataFrame  # trial_id, step, loss, grad_norm, ..., config columns; empty when none logged
+
+
+STEPS_KEY = "steps"  # the report key holding per-step records
+
+
+def _expand_steps(records: pd.Series, trial_id: str, config: dict) -> pd.DataFrame | None:
+    """One trial's `steps` records (one dict of lists per report, NaN where a report
+    had none) -> rows, with the trial's id first and its config columns last (a
+    config key never overwrites a per-step column)."""
+    parts = [pd.DataFrame(r) for r in records if isinstance(r, dict) and r]
+    if not parts:
+        return None
+    frame = pd.concat(parts, ignore_index=True)
+    frame.insert(0, "trial_id", trial_id)
+    for key, value in config.items():
+        if key not in frame:
+            frame[key] = value
+    return frame
+
+
 def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(history, trials) for a study folder. History: one row per trial x report
+    """(history, trials) for a study folder; see `collect_tables`."""
+    tables = collect_tables(folder)
+    return tables.history, tables.trials
+
+
+def collect_tables(folder: Path) -> Tables:
+    """(history, trials, steps) for a study folder. History: one row per trial x report
     (an evaluated epoch, or e.g. an interpolation point), each once (a restarted trial
     re-reports what came after its checkpoint; the last report wins). Trials: one row per trial with config, final metrics,
     `status` (ok / diverged / error / incomplete), `epochs_done` and wall time."""
     folder = Path(folder)
-    history_parts, trial_rows = [], []
+    history_parts, trial_rows, step_parts = [], [], []
     tune_dir = folder / TUNE_DIR
     for trial_dir in sorted(p for p in tune_dir.glob("*") if p.is_dir()):
         config = _trial_config(trial_dir)
@@ -80,6 +116,8 @@ def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             # with a checkpoint, so a report repeated after a restart has the same number.
             frame = (pd.DataFrame(rows).drop_duplicates("training_iteration", keep="last")
                      .sort_values("training_iteration"))
+            if STEPS_KEY in frame:
+                step_parts.append(_expand_steps(frame.pop(STEPS_KEY), trial_id, config))
             facts = {k: frame[k].iloc[-1] for k in TRIAL_FACTS if k in frame}
             frame = frame.drop(columns=[c for c in frame.columns if c in _TUNE_COLUMNS or c in TRIAL_FACTS])
             for key, value in config.items():
@@ -104,7 +142,9 @@ def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         trial_rows.append(record)
     history = pd.concat(history_parts, ignore_index=True) if history_parts else pd.DataFrame()
     trials = pd.DataFrame(trial_rows)
-    return history, trials
+    step_parts = [part for part in step_parts if part is not None]
+    steps = pd.concat(step_parts, ignore_index=True) if step_parts else pd.DataFrame()
+    return Tables(history, trials, steps)
 
 
 def _terminated(tune_dir: Path, trial_id: str) -> bool:

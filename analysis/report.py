@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import collect, read_study
+from analysis.collect import collect_tables, read_study
 from analysis.figures import KINDS, default_figures, figure_name, label
 
 
@@ -37,6 +37,14 @@ def _varying(study: dict) -> list[str]:
     return keys
 
 
+def _mean_std(mean: float, std: float) -> str:
+    """'mean ± std' to 4 decimals, or to 3 significant digits when the mean is below
+    0.01 (an MSE of 2e-4 would otherwise read 0.0002 ± 0.0000)."""
+    if mean != 0 and abs(mean) < 0.01:
+        return f"{mean:.3g} ± {std:.3g}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
 def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
     """Final metrics of ok trials as mean ± std over seeds, with n, per grid cell."""
     ok = trials[trials["status"] == "ok"]
@@ -59,7 +67,7 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
         out["params"] = grouped["n_params"].first().astype(int)
     for m in metrics:
         mean, std = grouped[m].mean(), grouped[m].std().fillna(0.0)
-        out[m.removeprefix("final_")] = [f"{a:.4f} ± {s:.4f}" for a, s in zip(mean, std)]
+        out[m.removeprefix("final_")] = [_mean_std(a, s) for a, s in zip(mean, std)]
     out = out.reset_index()
     # widths like "128-96" sort as text; order by size instead
     return out.sort_values("params", kind="stable") if "params" in out else out
@@ -70,11 +78,13 @@ def write_report(folder: Path) -> str:
     study folder; returns a short text summary for the terminal."""
     folder = Path(folder)
     study = read_study(folder)
-    history, trials = collect(folder)
+    history, trials, steps = collect_tables(folder)
     report_dir = folder / "report"
     report_dir.mkdir(exist_ok=True)
     _write_parquet(history, folder / "history.parquet")
     _write_parquet(trials, folder / "trials.parquet")
+    if not steps.empty:  # per-step records (engine option log_every_steps); figure kind `steps` reads them
+        _write_parquet(steps, folder / "steps.parquet")
 
     expected = study["spec"]["search"]["num_samples"] if study["spec"].get("search") else study["n_cells"]
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}

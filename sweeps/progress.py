@@ -79,5 +79,6 @@ class ProgressPrinter(tune.Callback):
             where = f"epoch {last['epoch']}/{epochs}"
             if t.config.get("cell", {}).get("max_steps") and "step" in last:  # a step budget: epochs is ignored
                 where = f"step {last['step']}/{t.config['cell']['max_steps']}"
+            fit = "train_acc" if "train_acc" in last else "train_loss"  # regression families have no accuracy
             self._say(f"    {self._label(t)}: {where} "
-                      f"train_acc {_fmt(last.get('train_acc', float('nan')))} {self.metric} {_fmt(last.get(self.metric, float('nan')))}")
+                      f"{fit} {_fmt(last.get(fit, float('nan')))} {self.metric} {_fmt(last.get(self.metric, float('nan')))}")

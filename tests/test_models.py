@@ -19,6 +19,7 @@ SMALL_ARGS = {
     "mlp": {"hidden": [32, 16], "dropout": 0.1},
     "cnn_overparam": {"width": 0.125, "head": 16},
     "cnn_small": {"channels": [4, 8]},
+    "cnn_target": {"target_params": 2000, "shape": [1, 1, 2], "pool_after": [1]},
 }
 
 

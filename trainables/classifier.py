@@ -61,6 +61,9 @@ def validate(config: dict) -> dict:
     rest = {k: v for k, v in config.items() if k not in own}
     resolved = validate_model(ClassifierConfig, own)
     args = validate_model(arg_schema, rest)
+    if resolved.criterion != "cross_entropy":
+        raise ConfigError("criterion", f"{resolved.criterion!r} is for regression (family function_fit); "
+                                       "a classifier trains with 'cross_entropy'")
     source = datasets.DATASETS[resolved.dataset]
     available = source.train_count - resolved.val_size
     if available <= 0:
@@ -123,4 +126,11 @@ def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.dev
     return splits
 
 
-register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train))
+def model_params(config: dict) -> int:
+    """Parameter count of the model a (validated) trial config builds."""
+    cfg, model_args = parse_config(ClassifierConfig, config)
+    return count_params(build_model(cfg.model, **model_args))
+
+
+register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train,
+                       count_params=model_params))

@@ -1,4 +1,4 @@
-"""The one training loop for every classifier study.
+"""The one training loop for every study: classifiers and regressions.
 
 `fit` trains a model on a `Split`, evaluates it on the whole training split (in eval
 mode) and on every other split it is given, and hands each epoch's metrics and a
@@ -6,6 +6,16 @@ resumable state to a callback (the Tune glue turns that into `tune.report` with 
 checkpoint). Nothing here knows about Ray, so it is tested directly.
 
     >>> status = fit(model, train, {"test": test}, EngineConfig(lr=0.01, epochs=2), on_epoch)
+
+Options beyond plain classification:
+- `criterion="mse"`: regression. The split's `labels(rows)` are float targets shaped
+  like the model's output (e.g. `trainables.function_fit.TensorSplit`); reports carry
+  losses only (no accuracies).
+- `log_every_steps=n`: per-step training loss and gradient norm every n optimizer
+  steps, reported under the key `steps` (see `fit`; analysis writes steps.parquet).
+- `objective="grad_norm_sq"` and `stop_grad_norm=tol`: minimize the squared norm of
+  the loss gradient and stop as soon as the gradient norm falls below tol (finding a
+  critical point: trainables/critical_points.py).
 """
 
 from __future__ import annotations
@@ -53,6 +63,18 @@ class EngineConfig(BaseModel):
     # evaluation (e.g. sensitivity, sharpness, confusion).
     probes: list[str] = Field(default_factory=list)
     probe_size: PositiveInt = 1000  # test images (or training batch) a probe looks at
+    # Loss: cross-entropy on class labels, or mean squared error on float targets.
+    criterion: Literal["cross_entropy", "mse"] = "cross_entropy"
+    # Record the minibatch loss and gradient L2 norm of step 1 and of every n-th step
+    # (n, 2n, ...); 0 = off. They stay on the device and are converted once per report.
+    log_every_steps: NonNegativeInt = 0
+    # What the optimizer minimizes: the loss, or the squared L2 norm of its gradient
+    # (double backward: about 3x the cost of a step; for finding critical points).
+    objective: Literal["loss", "grad_norm_sq"] = "loss"
+    # Stop (and report, with converged=True) at the first step whose gradient norm is
+    # below this, before updating the weights; None: never. With batch_size >= the
+    # training set this is the exact full-batch gradient. Costs a device sync per step.
+    stop_grad_norm: PositiveFloat | None = None
 
     def last_epoch(self, train_size: int) -> int:
         if self.max_steps is None:
@@ -82,17 +104,32 @@ def weight_norm(model: nn.Module) -> float:
 
 
 class Evaluation(NamedTuple):
-    loss: float  # mean cross-entropy
-    acc: float  # fraction correct, in [0, 1]
-    per_class_acc: list[float]  # accuracy on each class's images (NaN for an absent class)
+    loss: float  # mean cross-entropy (mean squared error for criterion "mse")
+    acc: float  # fraction correct, in [0, 1] (NaN for "mse")
+    per_class_acc: list[float]  # accuracy on each class's images (NaN for an absent class; [] for "mse")
+
+
+_CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes: int = 10) -> Evaluation:
-    """Loss, accuracy and per-class accuracy over the whole split, in eval mode."""
+def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes: int = 10,
+                   criterion: str = "cross_entropy") -> Evaluation:
+    """Loss, accuracy and per-class accuracy over the whole split, in eval mode
+    (the mean squared error alone for criterion "mse")."""
     was_training = model.training
     model.eval()
     device = split.x.device
+    if criterion == "mse":
+        sq_sum = torch.zeros((), device=device, dtype=torch.float64)
+        count = 0
+        for start in range(0, len(split), batch_size):
+            rows = split.idx[start : start + batch_size]
+            targets = split.labels(rows)
+            sq_sum += F.mse_loss(model(split.inputs(rows)), targets, reduction="sum").double()
+            count += targets.numel()
+        model.train(was_training)
+        return Evaluation(float(sq_sum) / count, float("nan"), [])
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(num_classes, device=device, dtype=torch.long)
     count = torch.zeros(num_classes, device=device, dtype=torch.long)
@@ -153,6 +190,10 @@ def fit(
         first_epoch, elapsed, steps = resume["epoch"] + 1, resume["elapsed_s"], resume["steps"]
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
+    criterion = _CRITERIA[cfg.criterion]
+    classify = cfg.criterion == "cross_entropy"
+    step_log = _StepLog(cfg.log_every_steps)
+    converged = False
 
     last_epoch = cfg.last_epoch(len(train))
     for epoch in range(first_epoch, last_epoch + 1):
@@ -161,39 +202,56 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         grad_norm_sum = torch.zeros((), device=device)
         n_steps = 0
+        n_batches = 0  # n_steps, plus the batch that met stop_grad_norm (no update)
         for start in range(0, len(perm), cfg.batch_size):
             rows = perm[start : start + cfg.batch_size]
-            loss = F.cross_entropy(model(train.inputs(rows)), train.labels(rows))
+            loss = criterion(model(train.inputs(rows)), train.labels(rows))
             objective = loss
             if cfg.l2_mode == "penalty" and cfg.weight_decay > 0:
                 objective = loss + cfg.weight_decay * sum(p.square().sum() for p in params)
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            grads = [p.grad for p in params if p.grad is not None]
-            grad_norm_sum += torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            optimizer.step()
+            if cfg.objective == "loss":
+                objective.backward()
+                grads = [p.grad for p in params if p.grad is not None]
+                grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            else:  # descend on ||grad||^2: differentiate the gradient itself
+                grads = torch.autograd.grad(objective, params, create_graph=True)
+                grad_norm_sq = sum(g.square().sum() for g in grads)
+                grad_norm = grad_norm_sq.detach().sqrt()
+            grad_norm_sum += grad_norm
             loss_sum += loss.detach()
+            n_batches += 1
+            if cfg.stop_grad_norm is not None and float(grad_norm) < cfg.stop_grad_norm:
+                converged = True  # before the update: the weights kept are the ones that met it
+                break
+            if cfg.objective == "grad_norm_sq":
+                grad_norm_sq.backward()
+            optimizer.step()
             n_steps += 1
+            step_log.add(steps + n_steps, loss, grad_norm)
             if n_steps % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
                 break
             if cfg.max_steps is not None and steps + n_steps >= cfg.max_steps:
                 break
         steps += n_steps
         elapsed += time.perf_counter() - started
-        running_loss = float(loss_sum) / n_steps
+        running_loss = float(loss_sum) / n_batches
         if not math.isfinite(running_loss):
-            on_epoch(_diverged_metrics(epoch, steps, elapsed, running_loss, evals), None)
+            on_epoch(_diverged_metrics(epoch, steps, elapsed, running_loss, evals, classify, step_log.flush()), None)
             return "diverged"
+        if converged:
+            last_epoch = epoch  # this report is the last
         if epoch % cfg.eval_every and epoch != last_epoch:
             continue
 
         eval_started = time.perf_counter()
         metrics: dict = {"epoch": epoch, "step": steps}
-        metrics["train_loss"], metrics["train_acc"] = evaluate(model, train, cfg.eval_batch_size)
-        for name, split in evals.items():
-            result = evaluate_split(model, split, cfg.eval_batch_size)
-            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = result.loss, result.acc
-            if cfg.per_class and name == "test":
+        for name, split in {"train": train, **evals}.items():
+            result = evaluate_split(model, split, cfg.eval_batch_size, criterion=cfg.criterion)
+            metrics[f"{name}_loss"] = result.loss
+            if classify:
+                metrics[f"{name}_acc"] = result.acc
+            if classify and cfg.per_class and name == "test":
                 metrics.update({f"test_acc_{c}": acc for c, acc in enumerate(result.per_class_acc)})
         if epoch == last_epoch and cfg.probes and "test" in evals:
             from trainables.probes import run_probes
@@ -202,16 +260,23 @@ def fit(
         elapsed += time.perf_counter() - eval_started
         if "test_acc" in metrics:
             metrics["gap_acc"] = metrics["train_acc"] - metrics["test_acc"]
+        if "test_loss" in metrics:
             metrics["gap_loss"] = metrics["test_loss"] - metrics["train_loss"]
         metrics.update(
             running_loss=running_loss,  # mean minibatch loss during the epoch (train mode)
             weight_norm=weight_norm(model),
-            grad_norm=float(grad_norm_sum) / n_steps,  # mean over the epoch's steps
+            grad_norm=float(grad_norm_sum) / n_batches,  # mean over the epoch's steps
             time_s=elapsed,  # wall seconds of training + evaluation so far
             status="ok" if epoch == last_epoch else "running",
         )
+        if cfg.stop_grad_norm is not None:
+            # the gradient norm that met the tolerance (or the last batch's), and whether it did
+            metrics.update(converged=converged, last_grad_norm=float(grad_norm))
+        if step_log:
+            metrics["steps"] = step_log.flush()
         if not math.isfinite(metrics["train_loss"]):
-            on_epoch(_diverged_metrics(epoch, steps, elapsed, metrics["train_loss"], evals), None)
+            on_epoch(_diverged_metrics(epoch, steps, elapsed, metrics["train_loss"], evals, classify,
+                                       metrics.get("steps")), None)
             return "diverged"
         state = {
             "epoch": epoch,
@@ -222,15 +287,51 @@ def fit(
             "rng": _rng_state(order_rng, device),
         }
         on_epoch(metrics, state)
+        if converged:
+            break
     return "ok"
 
 
-def _diverged_metrics(epoch: int, steps: int, elapsed: float, loss: float, evals: Mapping) -> dict:
+def _diverged_metrics(epoch: int, steps: int, elapsed: float, loss: float, evals: Mapping,
+                      classify: bool = True, step_records: dict | None = None) -> dict:
     """The last report of a diverged trial: every metric the trial would report, as
-    NaN (a search or scheduler still finds its metric), and the status."""
+    NaN (a search or scheduler still finds its metric), and the status; with the
+    per-step records since the last report (they show the blow-up), if any."""
     nan = float("nan")
     metrics = {"epoch": epoch, "step": steps, "running_loss": loss, "time_s": elapsed, "status": "diverged"}
     for name in ("train", *evals, "gap"):
-        metrics.update({f"{name}_loss": nan, f"{name}_acc": nan})
+        metrics[f"{name}_loss"] = nan
+        if classify:
+            metrics[f"{name}_acc"] = nan
     metrics.update(weight_norm=nan, grad_norm=nan)
+    if step_records:
+        metrics["steps"] = step_records
     return metrics
+
+
+class _StepLog:
+    """Per-step loss and gradient norm of step 1 and every n-th step, kept as device
+    tensors (no sync per step) and converted to lists once per report."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.step: list[int] = []
+        self.values: list[torch.Tensor] = []  # stacked [loss, grad_norm] per logged step
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        if self.every and (step % self.every == 0 or step == 1):
+            self.step.append(step)
+            self.values.append(torch.stack([loss.detach().float(), grad_norm.float()]))
+
+    def __bool__(self) -> bool:
+        return bool(self.step)
+
+    def flush(self) -> dict | None:
+        """{"step": [...], "loss": [...], "grad_norm": [...]} since the last flush
+        (the `steps` report key of the shared contract), or None when empty."""
+        if not self.step:
+            return None
+        loss, grad_norm = torch.stack(self.values).cpu().double().T.tolist()
+        out = {"step": self.step, "loss": loss, "grad_norm": grad_norm}
+        self.step, self.values = [], []
+        return out

@@ -32,6 +32,9 @@ class Family:
     # Last-row metrics the report's table shows (mean ± std per cell); empty: the
     # output contract's accuracies, gap and weight norm.
     summary_metrics: tuple[str, ...] = ()
+    # Parameters of the model a trial config builds; `resources: {gpu: auto}` sizes
+    # the GPU share from it (None: a whole GPU per trial).
+    count_params: Callable[[dict], int] | None = None
 
 
 FAMILIES: Registry[Family] = Registry("family")
@@ -42,7 +45,8 @@ def register_family(family: Family) -> Family:
 
 
 # Modules whose import registers a family; add a new family's module here.
-FAMILY_MODULES = ("trainables.classifier", "trainables.interpolation")
+FAMILY_MODULES = ("trainables.classifier", "trainables.interpolation", "trainables.trajectory",
+                  "trainables.function_fit", "trainables.numpy_mlp", "trainables.critical_points")
 
 
 def get_family(name: str) -> Family:

@@ -341,4 +341,5 @@ def train(config: dict, data: dict) -> None:
 
 register_family(Family(name="interpolation", validate=validate, load_data=classifier.load_data, train=train,
                        summary_metrics=("a_test_acc", "b_test_acc", "barrier_train_loss", "barrier_test_loss",
-                                        "distance_ab")))
+                                        "distance_ab"),
+                       count_params=classifier.model_params))

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import NonNegativeInt, computed_field, field_validator
 from torch import nn
 
 from trainables.registry import Registry
+from trainables.widths import fit_widths
 
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
@@ -128,6 +130,60 @@ def cnn_small(channels: list[int]) -> nn.Module:
     c_in = 1
     for c_out in channels:
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES)]
+    return nn.Sequential(*layers)
+
+
+# 2x2 max-pools a 28x28 image can take (28 -> 14 -> 7 -> 3 -> 1); a fifth has no pixels left.
+MAX_POOLS = 4
+
+
+def cnn_target_param_count(channels: list[int]) -> int:
+    """Parameters of `cnn_target` with these channels: 3x3 convs with biases, then the
+    linear head (pooling has none). Equal to count_params(build_model(...))."""
+    sizes = [1, *channels]
+    return sum(9 * a * b + b for a, b in zip(sizes, sizes[1:])) + channels[-1] * NUM_CLASSES + NUM_CLASSES
+
+
+class CNNTargetArgs(ModelArgs):
+    # About 113k: the largest cnn_small of the capacity study ([128, 96], 112,938).
+    target_params: PositiveInt = 113_000
+    shape: list[PositiveFloat] = Field(default_factory=lambda: [1, 2], min_length=1)  # relative channels per conv
+    # 0-based conv layers followed by a 2x2 max-pool; the default pools after the
+    # first two, as cnn_small [c1, c2] does, so the shallow default is a cnn_small.
+    pool_after: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1])
+
+    @field_validator("pool_after")
+    @classmethod
+    def _pools_fit(cls, value: list[int], info) -> list[int]:
+        depth = len(info.data.get("shape") or [])
+        if depth and any(i >= depth for i in value):
+            raise ValueError(f"layer indices must be below the {depth} conv layers of `shape`")
+        if len(set(value)) > MAX_POOLS:
+            raise ValueError(f"at most {MAX_POOLS} pools fit a 28x28 image (28 -> 14 -> 7 -> 3 -> 1)")
+        return sorted(set(value))
+
+    @computed_field  # in the validated config, so results record the widths used
+    @property
+    def channels(self) -> list[int]:
+        return fit_widths(cnn_target_param_count, self.shape, self.target_params)
+
+
+@register_model("cnn_target", CNNTargetArgs)
+def cnn_target(target_params: int, shape: list[float], pool_after: list[int], channels: list[int]) -> nn.Module:
+    """conv3x3 -> ReLU per entry of `channels` (2x2 max-pool after the layers in
+    `pool_after`), global average pool, linear; no BatchNorm. The channels are
+    `shape` scaled by trainables.widths.fit_widths until the parameter count is
+    closest to `target_params`, so networks of different depth can be compared at
+    equal size. Unlike cnn_small (a pool after every conv), it can be deep: with
+    pools only where asked, later layers still see 7x7 pixels or more."""
+    layers: list[nn.Module] = []
+    c_in = 1
+    for i, c_out in enumerate(channels):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+        if i in pool_after:
+            layers.append(nn.MaxPool2d(2))
         c_in = c_out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES)]
     return nn.Sequential(*layers)

@@ -11,7 +11,7 @@ ARGS ?=
 profile_flag = $(if $(PROFILE),--profile $(PROFILE))
 study_name = $(1)$(if $(PROFILE),-$(PROFILE))
 
-.PHONY: setup sweep sweep-batch report validate test clean-venv help
+.PHONY: setup sweep sweep-batch sweep-function report validate test clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
 
 help:
 	@echo "make sweep-wd [PROFILE=quick|smoke]    weight decay on an overparameterized CNN"
@@ -20,6 +20,11 @@ help:
 	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec"
 	@echo "make report STUDY=wd-quick              rebuild a study's tables and figures"
 	@echo "make validate                           check every spec and profile"
+	@echo "make cluster-up [WORKERS=1 CPUS=1]      a local multi-node Ray cluster (head + workers on 127.0.0.1)"
+	@echo "make submit SPEC=sweeps/x.yaml [PROFILE=...] [RAY_ADDRESS=http://HEAD:8265] [STORAGE=DIR|URI]"
+	@echo "make job-status | job-logs JOB=... | job-stop JOB=...   the cluster's jobs"
+	@echo "make cluster-down                       stop the local cluster"
+	@echo "make docker-build | docker-run SPEC=... [PROFILE=...] | test-docker   the Docker image (see README)"
 	@echo "make test                               run the tests"
 
 setup: $(VENV)/.installed
@@ -43,6 +48,7 @@ sweep-%: setup
 	$(PY) -m sweeps run sweeps/$(subst -,_,$*).yaml $(profile_flag) --results $(RESULTS) $(ARGS)
 
 sweep-batch: sweep-batch-size
+sweep-function: sweep-function-fit
 
 report: setup
 	@test -n "$(STUDY)" || { echo "usage: make report STUDY=NAME (a folder under $(RESULTS)/, e.g. wd-quick)"; exit 2; }
@@ -53,8 +59,42 @@ validate: setup
 	$(PY) -m sweeps validate sweeps/*.yaml --profile quick
 	$(PY) -m sweeps validate sweeps/*.yaml --profile smoke
 
+# A Ray cluster: submit a study as a Ray job (logs followed; ARGS=--no-wait to return).
+# RAY_ADDRESS is the job server (dashboard) URL; the token comes from RAY_AUTH_TOKEN
+# or ~/.ray/auth_token. STORAGE: where results land (shared path or s3://, gs://).
+RAY_ADDRESS ?=
+STORAGE ?=
+WORKERS ?= 1
+CPUS ?= 1
+address_flag = $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
+
+submit: setup
+	@test -n "$(SPEC)" || { echo "usage: make submit SPEC=sweeps/NAME.yaml [PROFILE=...] [RAY_ADDRESS=http://HEAD:8265]"; exit 2; }
+	$(PY) -m sweeps submit $(SPEC) $(profile_flag) $(address_flag) $(if $(STORAGE),--storage $(STORAGE)) $(ARGS)
+
+job-status: setup
+	$(PY) -m sweeps jobs $(address_flag)
+
+job-logs: setup
+	@test -n "$(JOB)" || { echo "usage: make job-logs JOB=raysubmit_... (see make job-status)"; exit 2; }
+	$(PY) -m sweeps logs $(JOB) $(address_flag) $(ARGS)
+
+job-stop: setup
+	@test -n "$(JOB)" || { echo "usage: make job-stop JOB=raysubmit_... (see make job-status)"; exit 2; }
+	$(PY) -m sweeps stop $(JOB) $(address_flag)
+
+cluster-up: setup
+	$(PY) -m sweeps cluster up --workers $(WORKERS) --cpus $(CPUS)
+
+cluster-down: setup
+	$(PY) -m sweeps cluster down
+
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The Docker image: docker-build, docker-run, test-docker, ... (after every target
+# above, so `help` stays the default).
+include docker/docker.mk

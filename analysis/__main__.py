@@ -1,23 +1,30 @@
-"""python -m analysis report results/<study>: tables, figures and index page."""
+"""python -m analysis report results/<study>: tables, figures and index page.
+
+The study folder may also be a storage URI (s3://bucket/results/wd): it is read into a
+temporary copy, and the new tables and report are uploaded next to the results.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis")
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="write history.parquet, trials.parquet and report/ for a study folder")
-    report.add_argument("study", type=Path, help="a study folder, e.g. results/wd-quick")
+    report.add_argument("study", help="a study folder, e.g. results/wd-quick, or its URI (s3://..., gs://...)")
     args = parser.parse_args(argv)
     from analysis.report import write_report
+    from sweeps.storage import local_copy
+    from trainables.errors import UserError
 
     try:
-        print(write_report(args.study))
-    except FileNotFoundError as exc:
+        with local_copy(args.study) as folder:
+            summary = write_report(folder).replace(str(folder), str(args.study))  # the real place, not the copy
+        print(summary)
+    except (FileNotFoundError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,10 @@
 """gensweep's command line.
 
-    python -m sweeps run SPEC [--profile quick|smoke] [--results DIR] [--fresh] [--address ADDR]
+    python -m sweeps run SPEC [--profile quick|smoke] [--storage DIR|URI] [--fresh] [--address ADDR]
     python -m sweeps validate SPEC [SPEC ...] [--profile quick|smoke]
+    python -m sweeps submit SPEC [--profile ...] [--address http://HEAD:8265] [--storage DIR|URI] [--no-wait]
+    python -m sweeps jobs | logs JOB [--follow] | stop JOB     [--address http://HEAD:8265]
+    python -m sweeps cluster up [--workers N] [--cpus C] [--gpus G] | status | down
 
 Exit status: 0 when every trial ended (ok or diverged), 1 when some failed after
 their retries, 130 when the study was interrupted (run it again to resume), and 2
@@ -26,16 +29,49 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study (resumes it if its results folder holds an unfinished run)")
     run.add_argument("spec", type=Path)
     run.add_argument("--profile", choices=["quick", "smoke"], help="apply a profile of the spec (default: the full study)")
-    run.add_argument("--results", type=Path, default=Path(os.environ.get("GENSWEEP_RESULTS", "results")),
-                     help="parent folder of study folders (default: results/)")
+    _storage_arguments(run)
     run.add_argument("--fresh", action="store_true", help="start a new study beside an existing one instead of resuming")
     run.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray in this process)")
     run.add_argument("--progress-every", type=float, default=20.0, metavar="SECONDS",
                      help="seconds between status tables (default 20)")
+    submit = sub.add_parser("submit", help="run a study on a Ray cluster as a Ray job")
+    submit.add_argument("spec", type=Path)
+    submit.add_argument("--profile", choices=["quick", "smoke"], help="apply a profile of the spec")
+    _storage_arguments(submit)
+    submit.add_argument("--fresh", action="store_true", help="start a new study beside an existing one")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return instead of following the logs")
+    jobs_help = "the cluster's job server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
+    submit.add_argument("--address", default=None, help=jobs_help)
+    jobs = sub.add_parser("jobs", help="list the cluster's jobs")
+    jobs.add_argument("--address", default=None, help=jobs_help)
+    logs = sub.add_parser("logs", help="print a job's logs")
+    logs.add_argument("job")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--address", default=None, help=jobs_help)
+    stop = sub.add_parser("stop", help="stop a running job")
+    stop.add_argument("job")
+    stop.add_argument("--address", default=None, help=jobs_help)
+    cluster = sub.add_parser("cluster", help="start or stop a local multi-node Ray cluster (head + workers)")
+    cluster.add_argument("action", choices=["up", "status", "down"])
+    cluster.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
+    cluster.add_argument("--cpus", type=float, default=1, help="CPUs each node offers (default 1)")
+    cluster.add_argument("--gpus", type=int, default=0, help="GPUs each node offers (default 0)")
+    cluster.add_argument("--state-dir", type=Path, default=None, help="where the cluster's PIDs and logs are kept")
     validate = sub.add_parser("validate", help="check specs without running anything")
     validate.add_argument("specs", type=Path, nargs="+")
     validate.add_argument("--profile", choices=["quick", "smoke"])
     return parser
+
+
+def _storage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", "--results", dest="storage", default=None,
+                        help="parent folder of study folders: a path (shared by all nodes on a cluster) or a URI "
+                             "(s3://..., gs://...); default: the spec's `storage`, else $GENSWEEP_RESULTS, else results/")
+
+
+def storage_of(args: argparse.Namespace, study) -> str | None:
+    """--storage, else the spec's `storage`, else $GENSWEEP_RESULTS; None: results/."""
+    return args.storage or study.spec.storage or os.environ.get("GENSWEEP_RESULTS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,15 +85,55 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}: ok ({study.study_name}: {len(study.cells)} grid cells x seeds"
                       + (f", search of {study.spec.search.num_samples} trials" if study.spec.search else "") + ")")
             return 0
+        if args.command == "cluster":
+            return _cluster(args)
+        if args.command in ("jobs", "logs", "stop"):
+            from sweeps import submit as jobs
+
+            if args.command == "jobs":
+                return jobs.list_jobs(args.address)
+            if args.command == "logs":
+                return jobs.show_logs(args.address, args.job, args.follow)
+            return jobs.stop(args.address, args.job)
         study = load_study(args.spec, args.profile)
+        if args.command == "submit":
+            from sweeps.submit import submit
+
+            return submit(study, args.spec, address=args.address, storage=storage_of(args, study),
+                          fresh=args.fresh, wait=not args.no_wait)
         from sweeps.launcher import run_study
 
-        outcome = run_study(study, args.results, address=args.address, fresh=args.fresh,
+        outcome = run_study(study, storage_of(args, study) or "results", address=args.address, fresh=args.fresh,
                             progress_every=args.progress_every)
         return outcome.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from sweeps import cluster
+
+    state_dir = args.state_dir or cluster.DEFAULT_STATE_DIR
+    if args.action == "up":
+        started = cluster.up(args.workers, args.cpus, args.gpus, state_dir)
+        print(f"Ray cluster up: head + {args.workers} worker(s), {args.cpus:g} CPU each; "
+              f"job server {started.job_address} (GCS {started.gcs_address})")
+        print(f"  submit with: make submit SPEC=sweeps/wd.yaml PROFILE=smoke RAY_ADDRESS={started.job_address}")
+        print("  stop with:   make cluster-down")
+        return 0
+    if args.action == "down":
+        stopped = cluster.down(state_dir)
+        print(f"stopped {', '.join(stopped)}" if stopped else f"no cluster recorded in {state_dir}")
+        return 0
+    running = cluster.Cluster.load(state_dir)
+    if running is None:
+        print(f"no cluster recorded in {state_dir}")
+        return 1
+    alive = running.alive()
+    print(f"job server {running.job_address}, GCS {running.gcs_address}: "
+          + ", ".join(f"{name} {'up' if up else 'DOWN'}" for name, up in alive.items()))
+    return 0 if all(alive.values()) else 1
 
 
 if __name__ == "__main__":

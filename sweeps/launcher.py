@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from analysis.collect import STUDY_FILE, TUNE_DIR  # the study folder's layout, named once
 from sweeps.provenance import provenance
+from sweeps import storage
 from sweeps.schema import Study
 from sweeps.specyaml import SpecError
 from trainables.families import get_family
@@ -44,46 +45,78 @@ def run_trial(config: dict, family: str, data) -> None:
     get_family(family).train(flat, data)
 
 
-def study_dir_for(study: Study, results: Path, fresh: bool) -> Path:
-    base = results / study.study_name
-    if fresh and base.exists():
+def study_dir_for(study: Study, results: str | Path, fresh: bool) -> Path | str:
+    """The study's folder under `results`: a local path, or a URI (cloud storage)."""
+    if storage.is_uri(results):
+        base: Path | str = storage.join(str(results), study.study_name)
+        taken = storage.exists(base)
+    else:
+        base = Path(results).resolve() / study.study_name
+        taken = base.exists()
+    if fresh and taken:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        return results / f"{study.study_name}-{stamp}"
+        return _beside(base, f"{study.study_name}-{stamp}")
     return base
+
+
+def _beside(folder: Path | str, name: str) -> Path | str:
+    return Path(folder).parent / name if isinstance(folder, Path) else storage.join(folder.rsplit("/", 1)[0], name)
 
 
 def _identity(spec_dump: dict) -> dict:
     return {k: spec_dump.get(k) for k in _IDENTITY_KEYS}
 
 
-def check_study_dir(study: Study, folder: Path) -> bool:
-    """True when `folder` holds this study already (resume); refuses a folder that
-    holds a different spec's results, and one that cannot be written."""
-    record = folder / STUDY_FILE
-    if record.exists():
-        try:
-            stored = json.loads(record.read_text())["spec"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise SpecError(f"{record}: unreadable study record ({exc}); move the folder away or use --fresh") from None
+def read_record(folder: Path | str) -> dict | None:
+    """The study.json of a study folder (local or URI), or None when there is none."""
+    if storage.is_uri(folder):
+        record = storage.join(str(folder), STUDY_FILE)
+        text = storage.read_text(record) if storage.exists(record) else None
+    else:
+        record = Path(folder) / STUDY_FILE
+        text = record.read_text() if record.exists() else None
+    if text is None:
+        return None
+    try:
+        stored = json.loads(text)
+        stored["spec"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"{record}: unreadable study record ({exc}); move the folder away or use --fresh") from None
+    return stored
+
+
+def write_record(folder: Path | str, payload: dict) -> None:
+    text = json.dumps(payload, indent=2, default=str)
+    if storage.is_uri(folder):
+        storage.write_text(storage.join(str(folder), STUDY_FILE), text)
+        return
+    path = Path(folder) / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")  # a crash never leaves half a record
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_study_dir(study: Study, folder: Path | str) -> dict | None:
+    """The stored record when `folder` holds this study already (resume), else None;
+    refuses a folder that holds a different spec's results, and one that cannot be
+    written."""
+    stored = read_record(folder)
+    if stored is not None:
         mine = json.loads(study.spec.model_dump_json())
-        if _identity(stored) != _identity(mine):
-            changed = [k for k in _IDENTITY_KEYS if stored.get(k) != mine.get(k)]
+        if _identity(stored["spec"]) != _identity(mine):
+            changed = [k for k in _IDENTITY_KEYS if stored["spec"].get(k) != mine.get(k)]
             raise SpecError(
                 f"{folder}: holds results of a different spec (differs in: {', '.join(changed)}); "
                 f"use --fresh to start a new study beside it, or --results to put it elsewhere"
             )
-    probe = folder if folder.exists() else folder.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise SpecError(f"{probe}: results folder is not writable")
-    return record.exists()
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    if not storage.is_uri(folder):
+        probe = Path(folder)
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise SpecError(f"{probe}: results folder is not writable")
+    return stored
 
 
 def varying_keys(study: Study) -> list[str]:
@@ -160,39 +193,70 @@ def _init_ray(address: str | None) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
 
 
+# `gpu: auto`: the GPU share of a trial by its model's parameter count. MNIST-sized
+# batches keep activations small, so weights + Adam state (16 bytes/parameter) and the
+# CUDA context (~0.3-0.5 GB per process) dominate: up to 1M parameters eight trials
+# share a GPU, up to 10M four, up to 100M two, beyond that a whole GPU each.
+AUTO_GPU_SHARES = ((1_000_000, 0.125), (10_000_000, 0.25), (100_000_000, 0.5))
+
+
+def auto_gpu_share(n_params: int) -> float:
+    return next((share for limit, share in AUTO_GPU_SHARES if n_params <= limit), 1.0)
+
+
+def trial_resources(study: Study) -> dict:
+    """{"cpu", "gpu"} per trial, `gpu: auto` resolved; refuses a GPU share larger
+    than any node of the running cluster has (the trial could never start)."""
+    import ray
+
+    node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    most = max(node_gpus, default=0.0)
+    wanted = study.spec.resources.gpu
+    if wanted == "auto":
+        if most == 0:
+            return {"cpu": study.spec.resources.cpu, "gpu": 0.0}
+        count = get_family(study.spec.family).count_params
+        share = auto_gpu_share(max(count(cell) for cell in study.cells)) if count else 1.0
+        wanted = min(share, most)
+    if wanted > most:
+        where = "no node of this cluster has a GPU" if most == 0 else f"the largest node has {most:g}"
+        raise SpecError(f"{study.source}: resources.gpu: {wanted:g} GPU per trial, but {where}; "
+                        f"lower it (fractions share a GPU) or join a cluster with GPUs (--address)")
+    return {"cpu": study.spec.resources.cpu, "gpu": float(wanted)}
+
+
 class StudyOutcome(NamedTuple):
-    folder: Path
+    folder: Path | str
     exit_code: int  # 0: every trial ended (ok or diverged); see EXIT_* for the others
 
 
-def run_study(study: Study, results: Path, *, address: str | None = None, fresh: bool = False,
-              progress_every: float = 20.0) -> StudyOutcome:
-    """Run (or resume) a study and write its report. Raises SpecError/UserError on bad input."""
+def run_study(study: Study, results: str | Path, *, address: str | None = None, fresh: bool = False,
+              progress_every: float = 20.0, callbacks: list | None = None) -> StudyOutcome:
+    """Run (or resume) a study and write its report. Raises SpecError/UserError on bad input.
+
+    `results` is the parent of study folders: a local (or shared) path or a storage
+    URI. `callbacks` are extra Tune callbacks (tests watch scheduling with them)."""
     from ray import tune
 
     from analysis.report import write_report
 
-    folder = study_dir_for(study, results.resolve(), fresh)
-    resuming = check_study_dir(study, folder)
+    folder = study_dir_for(study, results, fresh)
+    stored = check_study_dir(study, folder)
     family = get_family(study.spec.family)
     data_started = time.monotonic()
     data = family.load_data(study.cells)  # before Ray starts: a data error costs nothing
     data_seconds = time.monotonic() - data_started
 
-    folder.mkdir(parents=True, exist_ok=True)
     record = {"spec": json.loads(study.spec.model_dump_json()), "profile": study.profile,
               "study": study.study_name, "source": study.source, "n_cells": len(study.cells),
               "provenance": provenance()}
-    if resuming:
+    if stored is not None:
         record["provenance"]["resumed"] = True
-        record["spec_first_run"] = json.loads((folder / STUDY_FILE).read_text()).get("provenance")
-    _write_json(folder / STUDY_FILE, record)
-
+        record["spec_first_run"] = stored.get("spec_first_run") or stored.get("provenance")
     _init_ray(address)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, family=study.spec.family, data=data),
-        {"cpu": study.spec.resources.cpu, "gpu": study.spec.resources.gpu},
-    )
+    resources = trial_resources(study)  # refuses a GPU share the cluster cannot give
+    write_record(folder, record)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data), resources)
     total = study.spec.search.num_samples if study.spec.search else len(study.cells)
     printer = ProgressPrinterFactory(study, total, progress_every)
     run_config = tune.RunConfig(
@@ -200,23 +264,27 @@ def run_study(study: Study, results: Path, *, address: str | None = None, fresh:
         storage_path=str(folder),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.spec.max_failures),
-        callbacks=[printer],
+        # Files a trial writes in its working directory (e.g. weight snapshots) are
+        # kept in its folder of the study, wherever the trial ran.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        callbacks=[printer, *(callbacks or [])],
         verbose=0,
     )
-    tune_path = folder / TUNE_DIR
-    what = f"{study.study_name}: {total} trials, {study.spec.resources.cpu:g} CPU" + (
-        f" + {study.spec.resources.gpu:g} GPU" if study.spec.resources.gpu else "") + " each"
-    if tune.Tuner.can_restore(str(tune_path)):
+    tune_path = storage.join(folder, TUNE_DIR) if storage.is_uri(folder) else str(Path(folder) / TUNE_DIR)
+    what = f"{study.study_name}: {total} trials, {resources['cpu']:g} CPU" + (
+        f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
+    if tune.Tuner.can_restore(tune_path):
         print(f"resuming {what} from {tune_path}", flush=True)
-        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         # Restore brings back the pickled RunConfig, callbacks included: swap in a
         # fresh printer (its clock and counts belong to this run).
-        tuner._local_tuner.get_run_config().callbacks = [printer]
+        tuner._local_tuner.get_run_config().callbacks = [printer, *(callbacks or [])]
     else:
         print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
         tuner = tune.Tuner(trainable, param_space=_tune_space(study), tune_config=_tune_config(study), run_config=run_config)
     grid = tuner.fit()
-    summary = write_report(folder)
+    with storage.local_copy(folder) as local:
+        summary = write_report(local).replace(str(local), str(folder))  # name the real place, not the copy
     print(summary, flush=True)
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if unfinished or len(grid) < total:

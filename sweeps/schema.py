@@ -99,7 +99,9 @@ class Scheduler(_Strict):
 
 class Resources(_Strict):
     cpu: PositiveFloat = 1.0  # per trial; torch uses this many threads
-    gpu: NonNegativeFloat = 0.0  # per trial; fractions pack trials onto one GPU
+    # Per trial; fractions pack trials onto one GPU (0.25: four per GPU). "auto": a
+    # share from the model's parameter count (launcher.AUTO_GPU_SHARES), 0 without GPUs.
+    gpu: NonNegativeFloat | Literal["auto"] = 0.0
 
 
 class Figure(_Strict):
@@ -133,6 +135,9 @@ class Spec(_Strict):
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
     max_failures: NonNegativeInt = 2  # restarts of a failed trial from its last checkpoint
+    # Parent of the study folder: a path every node can write (shared filesystem on a
+    # multi-node cluster) or a URI (s3://bucket/path, gs://...). Unset: results/.
+    storage: str | None = None
     figures: list[Figure] = Field(default_factory=list)
     profiles: dict[Literal["quick", "smoke"], dict[str, Any]] = Field(default_factory=dict)
 

@@ -29,7 +29,9 @@ def trial_device() -> tuple[torch.device, dict]:
     resources = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
     cpus = max(1, int(resources.get("CPU", 1)))
     gpus = resources.get("GPU", 0)
-    info: dict = {"hostname": socket.gethostname(), "node_id": _node_id(), "gpu_name": ""}
+    # The logical GPU ids Ray gave this trial (it also narrows CUDA_VISIBLE_DEVICES to them).
+    gpu_ids = ",".join(str(i) for i in ray.get_gpu_ids()) if gpus > 0 else ""
+    info: dict = {"hostname": socket.gethostname(), "node_id": _node_id(), "gpu_name": "", "gpu_ids": gpu_ids}
     if gpus > 0 and torch.cuda.is_available():
         device = torch.device("cuda", 0)
         info["gpu_name"] = torch.cuda.get_device_name(device)

@@ -94,28 +94,78 @@ def collect(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return tables.history, tables.trials
 
 
-def collect_tables(folder: Path) -> Tables:
-    """(history, trials, steps) for a study folder. History: one row per trial x report
-    (an evaluated epoch, or e.g. an interpolation point), each once (a restarted trial
-    re-reports what came after its checkpoint; the last report wins). Trials: one row per trial with config, final metrics,
-    `status` (ok / diverged / error / incomplete), `epochs_done` and wall time."""
-    folder = Path(folder)
-    history_parts, trial_rows, step_parts = [], [], []
-    tune_dir = folder / TUNE_DIR
-    for trial_dir in sorted(p for p in tune_dir.glob("*") if p.is_dir()):
-        config = _trial_config(trial_dir)
-        if config is None:
-            continue
-        config = {k: _hashable(v) for k, v in config.items()}
-        trial_id = trial_dir.name
+def experiment_dirs(folder: Path) -> list[Path]:
+    """The study's Tune experiments in the order they ran: `tune/`, then `tune-2/`,
+    `tune-3/`, ... (a grown or changed spec runs its new cells as a new experiment)."""
+    def number(path: Path) -> int | None:
+        if path.name == TUNE_DIR:
+            return 1
+        suffix = path.name.removeprefix(f"{TUNE_DIR}-")
+        return int(suffix) if suffix != path.name and suffix.isdigit() else None
+
+    found = [(number(p), p) for p in Path(folder).glob(f"{TUNE_DIR}*") if p.is_dir() and number(p)]
+    return [p for _, p in sorted(found)]
+
+
+def trial_folders(folder: Path) -> dict[str, list[Path]]:
+    """Trial id -> its folders, oldest experiment first. A grid trial's folder is named
+    by its cell id (sweeps.schema.cell_id), so a trial resumed in a later experiment
+    has one folder in each."""
+    out: dict[str, list[Path]] = {}
+    for experiment in experiment_dirs(folder):
+        for trial_dir in sorted(p for p in experiment.iterdir() if p.is_dir()):
+            out.setdefault(trial_dir.name, []).append(trial_dir)
+    return out
+
+
+# Columns that place a report within its trial: reports equal in these are the same
+# report, re-sent after a restart (the last one wins).
+_POSITION = ("phase", "epoch", "alpha")
+
+
+def _trial_frame(trial_dirs: list[Path]) -> pd.DataFrame:
+    parts = []
+    for trial_dir in trial_dirs:
         rows = _read_rows(trial_dir / "result.json")
-        errored = (trial_dir / "error.txt").exists()
-        record = {"trial_id": trial_id, **config}
         if rows:
             # Tune numbers reports per trial (training_iteration) and restores that count
             # with a checkpoint, so a report repeated after a restart has the same number.
-            frame = (pd.DataFrame(rows).drop_duplicates("training_iteration", keep="last")
-                     .sort_values("training_iteration"))
+            parts.append(pd.DataFrame(rows).drop_duplicates("training_iteration", keep="last")
+                         .sort_values("training_iteration"))
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    if len(parts) > 1:  # resumed in a later experiment, whose iteration count starts again
+        position = [c for c in _POSITION if c in frame]
+        frame = frame.drop_duplicates(position, keep="last") if position else frame
+    return frame
+
+
+def collect_tables(folder: Path, trial_ids: list[str] | None = None) -> Tables:
+    """(history, trials, steps) for a study folder. History: one row per trial x report
+    (an evaluated epoch, or e.g. an interpolation point), each once (a restarted trial
+    re-reports what came after its checkpoint; the last report wins). Trials: one row per trial with config, final metrics,
+    `status` (ok / diverged / error / incomplete), `epochs_done` and wall time.
+    `trial_ids`: only these trials (the current spec's cells), else all."""
+    folder = Path(folder)
+    history_parts, trial_rows, step_parts = [], [], []
+    wanted = None if trial_ids is None else set(trial_ids)
+    for trial_id, trial_dirs in trial_folders(folder).items():
+        if wanted is not None and trial_id not in wanted:
+            continue
+        trial_dir = trial_dirs[-1]
+        config = _trial_config(trial_dir)
+        if config is None:
+            continue
+        config = {k: _hashable(v) for k, v in config.items() if not k.startswith("_")}
+        frame = _trial_frame(trial_dirs)
+        rows = not frame.empty
+        # Tune writes error.txt at every failure, also one it then retries: it is final
+        # only when the experiment state says ERROR (or there is no state to ask).
+        tune_status = _tune_status(trial_dir)
+        errored = (trial_dir / "error.txt").exists() and tune_status in ("ERROR", None)
+        record = {"trial_id": trial_id, **config}
+        if rows:
             if STEPS_KEY in frame:
                 step_parts.append(_expand_steps(frame.pop(STEPS_KEY), trial_id, config))
             facts = {k: frame[k].iloc[-1] for k in TRIAL_FACTS if k in frame}
@@ -135,7 +185,8 @@ def collect_tables(folder: Path) -> Tables:
             record.update(epochs_done=0, wall_s=np.nan)
         if status == "running":
             # Stopped before its last epoch: by the scheduler (ok), a crash, or still running.
-            status = "error" if errored else ("ok" if _terminated(tune_dir, trial_id) else "incomplete")
+            # Stopped early by the scheduler (TERMINATED) counts as ok.
+            status = "error" if errored else ("ok" if tune_status == "TERMINATED" else "incomplete")
         elif errored and status != "diverged" and not rows:
             status = "error"
         record["status"] = status
@@ -147,10 +198,10 @@ def collect_tables(folder: Path) -> Tables:
     return Tables(history, trials, steps)
 
 
-def _terminated(tune_dir: Path, trial_id: str) -> bool:
-    """Whether Tune's experiment state records the trial as TERMINATED (e.g. stopped
-    early by ASHA), as opposed to interrupted."""
-    for state_file in sorted(tune_dir.glob("experiment_state-*.json"), reverse=True):
+def _tune_status(trial_dir: Path) -> str | None:
+    """The trial's status in Tune's latest experiment state (PENDING, RUNNING,
+    TERMINATED, ERROR), or None when no state file mentions it."""
+    for state_file in sorted(trial_dir.parent.glob("experiment_state-*.json"), reverse=True):
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
@@ -161,6 +212,6 @@ def _terminated(tune_dir: Path, trial_id: str) -> bool:
                 trial = json.loads(entry[0]) if isinstance(entry, list) else entry
             except (TypeError, ValueError):
                 continue
-            if trial.get("trial_id") == trial_id:
-                return meta.get("status", trial.get("status")) == "TERMINATED"
-    return False
+            if trial_dir.name in (trial.get("relative_logdir"), trial.get("trial_id")):
+                return meta.get("status", trial.get("status"))
+    return None

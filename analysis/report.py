@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,48 @@ def _varying(study: dict) -> list[str]:
     if spec.get("search"):
         keys += list(spec["search"]["space"])
     return keys
+
+
+def _value_label(value) -> str:
+    """A grid value as the trials table holds it: a variant by its name, a list joined
+    by '-' (as analysis.collect does), a number in short form."""
+    if isinstance(value, dict):
+        return str(value.get("name") or ",".join(f"{k}={v}" for k, v in value.items()))
+    if isinstance(value, list):
+        return "-".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def unfinished_trials(trials: pd.DataFrame, study: dict) -> list[str]:
+    """The grid cells (x seeds) that have no finished trial, named by their varying
+    hyperparameters: 'weight_decay=0.01, seed=1 (unfinished, trial <id>)' or
+    '... (not started)'; for a search, the sampled trials that did not finish and the
+    samples not drawn yet. Finished: ok, diverged, or error (out of retries)."""
+    spec = study["spec"]
+    finished = {"ok", "diverged", "error"}
+    rows = trials.to_dict("records") if "status" in trials else []
+    if spec.get("search"):
+        names = [f"trial {r['trial_id']} ("
+                 + ", ".join(f"{k}={_value_label(r.get(k))}" for k in spec["search"]["space"]) + ", unfinished)"
+                 for r in rows if r["status"] not in finished]
+        not_drawn = spec["search"]["num_samples"] - len(rows)
+        return names + ([f"{not_drawn} sample(s) not started"] if not_drawn > 0 else [])
+    axes = dict(spec.get("grid") or {})
+    if len(spec.get("seeds") or [0]) > 1:
+        axes["seed"] = spec["seeds"]
+    out = []
+    for combo in itertools.product(*axes.values()):
+        cell = dict(zip(axes, map(_value_label, combo)))
+        matching = [r for r in rows if all(_value_label(r.get(k)) == v for k, v in cell.items())]
+        if any(r["status"] in finished for r in matching):
+            continue
+        name = ", ".join(f"{k}={v}" for k, v in cell.items()) or "the study's trial"
+        out.append(f"{name} (unfinished, trial {matching[0]['trial_id']})" if matching else f"{name} (not started)")
+    return out
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return "; ".join(names[:most]) + (f"; and {len(names) - most} more" if len(names) > most else "")
 
 
 def _mean_std(mean: float, std: float) -> str:
@@ -78,7 +121,9 @@ def write_report(folder: Path) -> str:
     study folder; returns a short text summary for the terminal."""
     folder = Path(folder)
     study = read_study(folder)
-    history, trials, steps = collect_tables(folder)
+    # Only the current spec's cells: trials of an earlier version of the spec (another
+    # fixed value, a removed grid value) stay on disk but never mix into the figures.
+    history, trials, steps = collect_tables(folder, study.get("cell_ids"))
     report_dir = folder / "report"
     report_dir.mkdir(exist_ok=True)
     _write_parquet(history, folder / "history.parquet")
@@ -95,12 +140,15 @@ def write_report(folder: Path) -> str:
         if path is not None:
             figures.append((path.name, fig_spec))
     table = summary_table(trials, study) if len(trials) else pd.DataFrame()
-    _write_index(report_dir, study, trials, counts, missing, figures, table)
+    unfinished = unfinished_trials(trials, study)
+    _write_index(report_dir, study, trials, counts, missing, figures, table, unfinished)
 
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
     lines = [f"{study['study']}: {len(trials)} of {expected} trials reported ({status})"]
     if missing:
         lines.append(f"  {missing} trial(s) not finished yet; the figures show the finished ones")
+    if unfinished:
+        lines.append(f"  missing or unfinished: {_listed(unfinished)}")
     if counts.get("diverged"):
         lines.append(f"  {counts['diverged']} diverged trial(s) are left out of means and figures")
     if not table.empty:
@@ -110,12 +158,14 @@ def write_report(folder: Path) -> str:
 
 
 def _write_index(report_dir: Path, study: dict, trials: pd.DataFrame, counts: dict, missing: int,
-                 figures: list, table: pd.DataFrame) -> None:
+                 figures: list, table: pd.DataFrame, unfinished: list[str] = ()) -> None:
     spec, prov = study["spec"], study["provenance"]
     esc = html.escape
     notes = []
     if missing:
         notes.append(f"{missing} trial(s) missing or unfinished; figures show the finished ones.")
+    if unfinished:
+        notes.append(f"Missing or unfinished: {esc(_listed(unfinished))}.")
     if counts.get("diverged"):
         notes.append(f"{counts['diverged']} trial(s) diverged (non-finite loss) and are excluded from means and figures.")
     if counts.get("error"):

@@ -2,6 +2,7 @@
 
     python -m sweeps run SPEC [--profile quick|smoke] [--storage DIR|URI] [--fresh] [--address ADDR]
     python -m sweeps validate SPEC [SPEC ...] [--profile quick|smoke]
+    python -m sweeps status SPEC [--profile quick|smoke] [--storage DIR]   # done / running / missing / failed
     python -m sweeps submit SPEC [--profile ...] [--address http://HEAD:8265] [--storage DIR|URI] [--no-wait]
     python -m sweeps jobs | logs JOB [--follow] | stop JOB     [--address http://HEAD:8265]
     python -m sweeps cluster up [--workers N] [--cpus C] [--gpus G] | status | down
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop a running job")
     stop.add_argument("job")
     stop.add_argument("--address", default=None, help=jobs_help)
+    status = sub.add_parser("status", help="which cells of a spec are done, running, missing or failed")
+    status.add_argument("spec", type=Path)
+    status.add_argument("--profile", choices=["quick", "smoke"], help="apply a profile of the spec")
+    _storage_arguments(status)
     cluster = sub.add_parser("cluster", help="start or stop a local multi-node Ray cluster (head + workers)")
     cluster.add_argument("action", choices=["up", "status", "down"])
     cluster.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
@@ -76,6 +81,11 @@ def storage_of(args: argparse.Namespace, study) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run" and args.address is None:
+        # Ray's own default for the local cluster a run starts, stated before Ray is
+        # imported (it reads this once): token auth stays on, and Ray does not warn
+        # about choosing it at the start of every run.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     from sweeps.schema import load_study
 
     try:
@@ -96,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 return jobs.show_logs(args.address, args.job, args.follow)
             return jobs.stop(args.address, args.job)
         study = load_study(args.spec, args.profile)
+        if args.command == "status":
+            from sweeps.status import print_status
+
+            return print_status(study, storage_of(args, study) or "results")
         if args.command == "submit":
             from sweeps.submit import submit
 
@@ -109,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before or after Tune's own handling (data loading, Ray start-up, report)
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 def _cluster(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ checkpoints), then `history.parquet`, `trials.parquet` and `report/`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from typing import NamedTuple
 from analysis.collect import STUDY_FILE, TUNE_DIR  # the study folder's layout, named once
 from sweeps.provenance import provenance
 from sweeps import storage
-from sweeps.schema import Study
+from sweeps.schema import Study, cell_id
 from sweeps.specyaml import SpecError
 from trainables.families import get_family
 
@@ -38,11 +39,20 @@ _IDENTITY_KEYS = ("family", "fixed", "grid", "search", "scheduler", "seeds")
 
 
 def run_trial(config: dict, family: str, data) -> None:
-    """The Tune trainable: the grid cell's resolved config, plus searched values."""
-    flat = {**config["cell"], **{k: v for k, v in config.items() if k != "cell"}}
+    """The Tune trainable: the grid cell's resolved config, plus searched values.
+    A cell carried over from an earlier experiment of the study names its last
+    checkpoint in `_resume_from`, and continues from there."""
+    from trainables import trial
+
+    cell = dict(config["cell"])
+    trial.resume_from = cell.pop(RESUME_KEY, None)
+    flat = {**cell, **{k: v for k, v in config.items() if k != "cell"}}
     # One INFO line per checkpoint from Ray Train would flood the driver's console.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     get_family(family).train(flat, data)
+
+
+RESUME_KEY = "_resume_from"  # bookkeeping, not identity: see schema.cell_id
 
 
 def study_dir_for(study: Study, results: str | Path, fresh: bool) -> Path | str:
@@ -104,8 +114,12 @@ def check_study_dir(study: Study, folder: Path | str) -> dict | None:
     stored = read_record(folder)
     if stored is not None:
         mine = json.loads(study.spec.model_dump_json())
-        if _identity(stored["spec"]) != _identity(mine):
-            changed = [k for k in _IDENTITY_KEYS if stored["spec"].get(k) != mine.get(k)]
+        # A grid study may grow or change (new cells become new trials, finished ones
+        # are kept, figures show the current cells only); a search, another family or
+        # a folder from before trial ids were stable may not.
+        keys = _IDENTITY_KEYS if growable(stored) is False or study.spec.search else ("family", "search")
+        if any(stored["spec"].get(k) != mine.get(k) for k in keys):
+            changed = [k for k in keys if stored["spec"].get(k) != mine.get(k)]
             raise SpecError(
                 f"{folder}: holds results of a different spec (differs in: {', '.join(changed)}); "
                 f"use --fresh to start a new study beside it, or --results to put it elsewhere"
@@ -114,9 +128,64 @@ def check_study_dir(study: Study, folder: Path | str) -> dict | None:
         probe = Path(folder)
         while not probe.exists():
             probe = probe.parent
+        if not probe.is_dir():
+            raise SpecError(f"{probe}: not a folder; --results (or the spec's storage) names the folder that holds study folders")
         if not os.access(probe, os.W_OK):
             raise SpecError(f"{probe}: results folder is not writable")
     return stored
+
+
+def growable(stored: dict | None) -> bool | None:
+    """Whether a study folder's record lists its experiments and cell ids (and so can
+    grow); None for a new folder."""
+    return None if stored is None else "experiments" in stored
+
+
+class Plan(NamedTuple):
+    """What a run of a grid study does: resume an experiment, start a new one over
+    the cells not finished yet, or nothing."""
+
+    experiment: str | None  # name of the Tune experiment to run; None: every cell is done
+    restore: bool  # resume that experiment exactly (Tuner.restore)
+    cells: list[dict]  # cells of a new experiment (resumable ones carry RESUME_KEY)
+    done: int  # cells finished earlier and kept
+
+
+def plan_grid(study: Study, folder: Path, stored: dict | None) -> Plan:
+    """Decide from the study folder which cells still need training.
+
+    A cell is done when a trial with its id ended ok or diverged. If the unfinished
+    cells are exactly the unfinished ones of the latest experiment, that experiment is
+    resumed as it was; otherwise (grid grown, values changed) a new experiment
+    `tune-N` trains them, each continuing from its last checkpoint if it has one."""
+    from analysis.collect import collect_tables, experiment_dirs, trial_folders
+    from ray import tune
+    from trainables.checkpoint import last_checkpoint
+
+    ids = study.cell_ids
+    experiments = (stored or {}).get("experiments") or []
+    if not experiments:
+        return Plan(TUNE_DIR, False, study.cells, 0)
+    trials = collect_tables(folder, ids).trials
+    status = dict(zip(trials["trial_id"], trials["status"])) if len(trials) else {}
+    done = {i for i in ids if status.get(i) in ("ok", "diverged")}
+    todo = [(i, c) for i, c in zip(ids, study.cells) if i not in done]
+    if not todo:
+        return Plan(None, False, [], len(done))
+    latest = experiments[-1]
+    latest_path = Path(folder) / latest["name"]
+    if {i for i in latest["cell_ids"] if i not in done} == {i for i, _ in todo} and tune.Tuner.can_restore(str(latest_path)):
+        return Plan(latest["name"], True, [], len(done))
+    folders = trial_folders(folder)
+    cells = []
+    for i, cell in todo:
+        checkpoint = last_checkpoint(folders[i][-1]) if i in folders else None
+        cells.append({**cell, RESUME_KEY: str(checkpoint.parent)} if checkpoint else cell)
+    taken = {p.name for p in experiment_dirs(folder)} | {e["name"] for e in experiments}
+    number = 2
+    while f"{TUNE_DIR}-{number}" in taken:
+        number += 1
+    return Plan(f"{TUNE_DIR}-{number}", False, cells, len(done))
 
 
 def varying_keys(study: Study) -> list[str]:
@@ -128,11 +197,11 @@ def varying_keys(study: Study) -> list[str]:
     return keys
 
 
-def _tune_space(study: Study):
+def _tune_space(study: Study, cells: list[dict]):
     from ray import tune
 
     if study.spec.search is None:
-        return {"cell": tune.grid_search(study.cells)}
+        return {"cell": tune.grid_search(cells)}
     samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
     space: dict = {"cell": study.cells[0]}
     for name, dist in study.spec.search.space.items():
@@ -147,14 +216,26 @@ def metric_of(study: Study) -> str:
     return get_family(study.spec.family).default_metric
 
 
+def _tune_trial_id(trial) -> str:
+    return trial.trial_id
+
+
+def _cell_trial_id(family: str, trial) -> str:
+    return cell_id(family, trial.config["cell"])
+
+
 def _tune_config(study: Study):
     from ray import tune
 
     spec = study.spec
+    if spec.search:
+        name = _tune_trial_id
+    else:  # a grid trial's folder (and trial_id in the results) is its cell's stable id
+        name = functools.partial(_cell_trial_id, spec.family)
     kwargs: dict = dict(
         num_samples=spec.search.num_samples if spec.search else 1,
-        trial_dirname_creator=lambda trial: trial.trial_id,
-        trial_name_creator=lambda trial: trial.trial_id,
+        trial_dirname_creator=name,
+        trial_name_creator=name,
     )
     if spec.search or spec.scheduler:
         kwargs.update(metric=metric_of(study), mode=spec.search.mode if spec.search else "max")
@@ -191,6 +272,9 @@ def _init_ray(address: str | None) -> None:
     # After an interruption Tune lists every not-yet-started trial as "failed to fetch
     # metrics"; the report says what is missing in one line instead.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Tune's own "Resume experiment with: Tuner.restore(...)" after Ctrl-C is for API
+    # users; the CLI's way is to run the same command again, which _finish says.
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Tuner.restore(" not in record.getMessage())
 
 
 # `gpu: auto`: the GPU share of a trial by its model's parameter count. MNIST-sized
@@ -238,8 +322,6 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     URI. `callbacks` are extra Tune callbacks (tests watch scheduling with them)."""
     from ray import tune
 
-    from analysis.report import write_report
-
     folder = study_dir_for(study, results, fresh)
     stored = check_study_dir(study, folder)
     family = get_family(study.spec.family)
@@ -253,14 +335,33 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     if stored is not None:
         record["provenance"]["resumed"] = True
         record["spec_first_run"] = stored.get("spec_first_run") or stored.get("provenance")
+    total = study.spec.search.num_samples if study.spec.search else len(study.cells)
+    if study.spec.search or storage.is_uri(folder) or growable(stored) is False:
+        # Searches (and folders in cloud storage) resume their one experiment as it was.
+        tune_path = storage.join(folder, TUNE_DIR) if storage.is_uri(folder) else str(Path(folder) / TUNE_DIR)
+        plan = Plan(TUNE_DIR, tune.Tuner.can_restore(tune_path), study.cells, 0)
+    else:
+        plan = plan_grid(study, Path(folder), stored)
+        record["cell_ids"] = study.cell_ids
+        record["experiments"] = list((stored or {}).get("experiments") or [])
+        if plan.experiment and not plan.restore:
+            record["experiments"].append({"name": plan.experiment,
+                                          "cell_ids": [cell_id(study.spec.family, c) for c in plan.cells]})
+    if plan.experiment is None:
+        write_record(folder, record)
+        print(f"{study.study_name}: all {len(study.cells)} trials are done; rebuilding the report", flush=True)
+        return _finish(study, folder, None, total)
     _init_ray(address)
     resources = trial_resources(study)  # refuses a GPU share the cluster cannot give
     write_record(folder, record)
+    what = f"{study.study_name}: {total} trials, {resources['cpu']:g} CPU" + (
+        f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
+
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data), resources)
-    total = study.spec.search.num_samples if study.spec.search else len(study.cells)
-    printer = ProgressPrinterFactory(study, total, progress_every)
+    printer = ProgressPrinterFactory(study, total if plan.restore or not plan.done else len(plan.cells),
+                                     progress_every)
     run_config = tune.RunConfig(
-        name=TUNE_DIR,
+        name=plan.experiment,
         storage_path=str(folder),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.spec.max_failures),
@@ -270,32 +371,60 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
         callbacks=[printer, *(callbacks or [])],
         verbose=0,
     )
-    tune_path = storage.join(folder, TUNE_DIR) if storage.is_uri(folder) else str(Path(folder) / TUNE_DIR)
-    what = f"{study.study_name}: {total} trials, {resources['cpu']:g} CPU" + (
-        f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
-    if tune.Tuner.can_restore(tune_path):
+    tune_path = storage.join(folder, plan.experiment) if storage.is_uri(folder) else str(Path(folder) / plan.experiment)
+    if plan.restore:
         print(f"resuming {what} from {tune_path}", flush=True)
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         # Restore brings back the pickled RunConfig, callbacks included: swap in a
         # fresh printer (its clock and counts belong to this run).
         tuner._local_tuner.get_run_config().callbacks = [printer, *(callbacks or [])]
     else:
-        print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
-        tuner = tune.Tuner(trainable, param_space=_tune_space(study), tune_config=_tune_config(study), run_config=run_config)
+        if plan.done:
+            resumed = sum(RESUME_KEY in c for c in plan.cells)
+            print(f"{study.study_name}: {plan.done} of {len(study.cells)} trials done and kept; training "
+                  f"{len(plan.cells)} more ({resumed} from their last checkpoint) -> {tune_path}", flush=True)
+        else:
+            print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
+        tuner = tune.Tuner(trainable, param_space=_tune_space(study, plan.cells), tune_config=_tune_config(study),
+                           run_config=run_config)
     grid = tuner.fit()
+    return _finish(study, folder, grid, len(plan.cells) if not plan.restore and plan.done else total)
+
+
+def _finish(study: Study, folder: Path | str, grid, total: int) -> StudyOutcome:
+    """Write the report; the exit code says whether every trial of this run ended."""
+    from analysis.report import write_report
+
     with storage.local_copy(folder) as local:
         summary = write_report(local).replace(str(local), str(folder))  # name the real place, not the copy
+        left = _not_ended(local, grid.num_errors) if grid is not None else 0
     print(summary, flush=True)
+    if grid is None:
+        return StudyOutcome(folder, 0)
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished or len(grid) < total:
-        print(f"{study.study_name} stopped with {total - grid.num_terminated - grid.num_errors} trial(s) unfinished; "
-              f"run the same command again to resume", flush=True)
+    if unfinished or len(grid) < total or left:
+        print(f"{study.study_name} stopped with {max(left, total - grid.num_terminated - grid.num_errors)} "
+              f"trial(s) unfinished; run the same command again to resume", flush=True)
         return StudyOutcome(folder, EXIT_INTERRUPTED)
     if grid.num_errors:
         print(f"{grid.num_errors} trial(s) failed after {study.spec.max_failures} retries; "
-              f"see tune/<trial>/error.txt", flush=True)
+              f"see tune*/<trial>/error.txt", flush=True)
         return StudyOutcome(folder, EXIT_TRIALS_FAILED)
     return StudyOutcome(folder, 0)
+
+
+def _not_ended(folder: Path, errors: int) -> int:
+    """Trials of the study (its current cells, or a search's samples) that have not
+    ended, read from the folder: after Ctrl-C Tune's ResultGrid lists every trial,
+    even the unstarted ones, as TERMINATED. Ended: ok or diverged on disk, or failed
+    out of retries in this run (`errors`)."""
+    from analysis.collect import collect_tables, read_study
+
+    record = read_study(folder)
+    trials = collect_tables(folder, record.get("cell_ids")).trials
+    expected = record["spec"]["search"]["num_samples"] if record["spec"].get("search") else record["n_cells"]
+    ended = int(trials["status"].isin(["ok", "diverged"]).sum()) if len(trials) else 0
+    return max(0, expected - ended - errors)
 
 
 def ProgressPrinterFactory(study: Study, total: int, interval: float):

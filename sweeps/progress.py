@@ -45,8 +45,13 @@ class ProgressPrinter(tune.Callback):
             self.last_table = time.monotonic()
             self._table(trials, trial, result)
 
+    def _count_finished(self, trials, trial) -> None:
+        # A resumed experiment starts with trials that ended in an earlier run: count them.
+        earlier = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+        self.finished = max(self.finished, earlier) + 1
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished += 1
+        self._count_finished(trials, trial)
         last = trial.last_result or {}
         status = last.get("status", "ok")
         if status == "running":
@@ -58,10 +63,16 @@ class ProgressPrinter(tune.Callback):
             f"({_fmt(float(last.get('time_s', 0.0)))} s) {'' if status == 'ok' else status}".rstrip()
         )
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Tune logs the traceback above this; one line says what happens next.
+        self._say(f"[{self.study} {self._clock()}] {self._label(trial)}: failed; restarting from its last checkpoint "
+                  f"(retry {trial.num_failures} of {trial.max_failures}; {trial.path or trial.local_path}/error.txt)")
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.finished += 1
+        self._count_finished(trials, trial)
+        # trial.path: the trial's folder in the study; local_path is Ray's staging copy under /tmp/ray.
         self._say(f"[{self.study} {self._clock()}] {self.finished}/{self.total} FAILED: {self._label(trial)} "
-                  f"(traceback: {trial.local_path}/error.txt)")
+                  f"(traceback: {trial.path or trial.local_path}/error.txt)")
 
     def _table(self, trials, current, current_result: dict) -> None:
         counts: dict[str, int] = {}

@@ -12,7 +12,9 @@ the first problem:
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -156,6 +158,20 @@ class Study(BaseModel):
     def study_name(self) -> str:
         return f"{self.spec.name}-{self.profile}" if self.profile else self.spec.name
 
+    @property
+    def cell_ids(self) -> list[str]:
+        return [cell_id(self.spec.family, cell) for cell in self.cells]
+
+
+def cell_id(family: str, cell: dict) -> str:
+    """A trial's stable identity: a hash of its family and resolved config (every
+    hyperparameter, defaults filled in, seed and dataset included). The same cell in
+    a grown or re-run spec has the same id; any changed value gives a new one. Keys
+    starting with "_" are bookkeeping (e.g. where to resume from), not identity."""
+    canonical = json.dumps({"family": family, **{k: v for k, v in cell.items() if not k.startswith("_")}},
+                           sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
 
 def _merge(base: dict, override: dict) -> dict:
     """Deep-merge a profile over the spec: dicts merge, other values replace, and
@@ -182,6 +198,9 @@ def _pydantic_error(path: Path, exc: ValidationError, prefix: str = "") -> SpecE
         else:
             loc += f".{part}" if loc else str(part)
     msg = err["msg"].removeprefix("Value error, ")
+    inner = re.match(r"([A-Za-z_][\w.\[\]]*): (.*)", msg) if err["type"] == "value_error" else None
+    if inner:  # a model validator's "space.lr: ..." continues the key path
+        loc, msg = f"{loc}.{inner.group(1)}" if loc else inner.group(1), inner.group(2)
     if err["type"].startswith("union_tag"):
         msg = f"a distribution is one of {', '.join(f'{{{k}: ...}}' for k in _DISTRIBUTIONS)} (got {err['input']!r})"
     elif err["type"] == "extra_forbidden":

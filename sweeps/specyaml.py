@@ -46,4 +46,8 @@ def read_yaml(path: Path) -> object:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        tag = re.search(r"for the tag '([^']+)'", problem) if isinstance(exc, yaml.constructor.ConstructorError) else None
+        if tag:  # e.g. !!python/object/apply: the safe loader builds no objects and runs no code
+            raise SpecError(f"{path}: tag !!{tag.group(1).removeprefix('tag:yaml.org,2002:')} at {where} is not allowed; "
+                            f"a spec holds plain data (mappings, lists, strings, numbers)") from None
         raise SpecError(f"{path}: malformed YAML at {where}: {problem}") from None

@@ -5,6 +5,7 @@ retraining; a folder holding another spec's results is refused."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,17 @@ def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPr
     from sweeps.schema import load_study
 
     results = tmp_path_factory.mktemp("results")
+
+    def run(spec: Path) -> subprocess.CompletedProcess:
+        return sweeps_cli("run", str(spec), "--profile", "smoke", "--results", str(results))
+
+    # Two studies at a time: much of a smoke run is Ray starting up and the report,
+    # which leave the second core idle.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = dict(zip(SPECS, pool.map(run, SPECS)))
     runs = {}
-    for spec in SPECS:
-        proc = sweeps_cli("run", str(spec), "--profile", "smoke", "--results", str(results))
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for spec, proc in procs.items():
+        assert proc.returncode == 0, f"{spec.name}:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[spec.stem] = (results / load_study(spec, "smoke").study_name, proc)
     return runs
 
@@ -101,7 +109,7 @@ def test_rerun_resumes_without_retraining(smoke_runs):
     before = pd.read_parquet(folder / "history.parquet")
     proc = sweeps_cli("run", "sweeps/wd.yaml", "--profile", "smoke", "--results", str(folder.parent))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "resuming wd-smoke" in proc.stdout
+    assert "wd-smoke: all 2 trials are done; rebuilding the report" in proc.stdout
     after = pd.read_parquet(folder / "history.parquet")
     # same trials, same epochs, same numbers: nothing was trained again
     cols = ["trial_id", "epoch", "train_loss", "test_acc"]
@@ -110,14 +118,17 @@ def test_rerun_resumes_without_retraining(smoke_runs):
 
 
 def test_folder_of_a_different_spec_is_refused(smoke_runs, tmp_path):
+    """Same study name, another family: not a grown version of the study."""
     folder, _ = smoke_runs["wd"]
-    changed = tmp_path / "wd.yaml"
-    changed.write_text((REPO / "sweeps" / "wd.yaml").read_text().replace("epochs: 1,", "epochs: 2,"))
+    other = tmp_path / "wd.yaml"
+    other.write_text("name: wd\nfamily: function_fit\ndescription: another study under the same name\n"
+                     "fixed: {params: 60, shape: [1], max_steps: 10, train_size: 200, test_size: 200, batch_size: 50}\n"
+                     "profiles: {smoke: {seeds: [0]}}\n")
     before = sorted(p.name for p in folder.rglob("*"))
-    proc = sweeps_cli("run", str(changed), "--profile", "smoke", "--results", str(folder.parent))
-    assert proc.returncode == 2
+    proc = sweeps_cli("run", str(other), "--profile", "smoke", "--results", str(folder.parent))
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "different spec" in lines[0] and "fixed" in lines[0] and "--fresh" in lines[0]
+    assert len(lines) == 1 and "different spec" in lines[0] and "family" in lines[0] and "--fresh" in lines[0]
     assert sorted(p.name for p in folder.rglob("*")) == before  # nothing touched
 
 

@@ -4,6 +4,7 @@ without starting it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,15 @@ STATE_FILE = "state.pt"
 
 
 def save_state(folder: Path, state: dict) -> None:
-    torch.save(state, Path(folder) / STATE_FILE)
+    """Write to a temporary name, then rename: a crash mid-write leaves the previous
+    state.pt (or none), never half a file under the name restores read."""
+    path = Path(folder) / STATE_FILE
+    tmp = path.with_name(STATE_FILE + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic on POSIX within one folder
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_state(path: Path) -> dict:

@@ -141,6 +141,12 @@ def load_dataset(name: str, root: Path | None = None) -> ImageData:
     except Exception as exc:  # torchvision raises RuntimeError/URLError/ValueError/...
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         unpacked = [p.name for p in raw_dir.glob("*-ubyte")] if raw_dir.is_dir() else []
+        # A file that is neither there nor unpacked, and could not be downloaded.
+        absent = [f for f, _ in tv_class.resources if not (raw_dir / f).exists() and not (raw_dir / Path(f).stem).exists()]
+        if absent:
+            raise DataError(f"{raw_dir}: cannot read {name}: missing {', '.join(absent)}, and downloading failed ({first_line.rstrip(':')}); "
+                            f"put the file(s) there ({source.restore_hint}) or set GENSWEEP_DATA to a folder holding "
+                            f"{source.folder}/raw/") from exc
         remedy = (f"delete the unpacked files ({', '.join(sorted(unpacked))}) so they are unpacked again from the .gz"
                   if unpacked else f"put the four .gz files there ({source.restore_hint}) or set GENSWEEP_DATA "
                   f"to a folder holding {source.folder}/raw/")

@@ -53,9 +53,17 @@ def _node_id() -> str:
         return ""
 
 
+# A checkpoint folder from an earlier experiment of the same study, for a trial that
+# continues there (set by the launcher's trainable; Tune's own checkpoint wins).
+resume_from: str | None = None
+
+
 def restored_state() -> dict | None:
-    """The engine state from this trial's latest checkpoint, if it is being restored."""
+    """The engine state to continue from: this trial's latest checkpoint if Tune is
+    restoring it, else the one it was carried over with, else None."""
     checkpoint = tune.get_checkpoint()
+    if checkpoint is None and resume_from:
+        checkpoint = tune.Checkpoint(resume_from)
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:

@@ -75,7 +75,9 @@ def classification_report_figure(history: pd.DataFrame, trials: pd.DataFrame, fi
     table = reports(trials, keys)
     if table.empty:
         return None
-    table.round(4).to_csv(path.with_name("classification_report.csv"), index=False)
+    csv = path.with_name("classification_report.csv")
+    table.round(4).to_csv(csv.with_name(csv.name + ".tmp"), index=False)
+    csv.with_name(csv.name + ".tmp").replace(csv)  # atomic, like every report file
     models = table[keys].drop_duplicates().itertuples(index=False) if keys else [()]
     models = list(models)
     splits = [s for s in SPLITS if s in set(table["split"])]

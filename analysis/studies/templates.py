@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.collect import TUNE_DIR
+from analysis.collect import trial_folders
 from analysis.figures import _save, label, register_figure
 from trainables.checkpoint import last_checkpoint, load_state
 
@@ -58,7 +58,8 @@ def weight_templates(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict
         return None
     rows = []
     for _, trial in chosen_trials(trials, row).iterrows():
-        state_file = last_checkpoint(study / TUNE_DIR / str(trial["trial_id"]))
+        folders = trial_folders(study).get(str(trial["trial_id"]), [])
+        state_file = last_checkpoint(folders[-1]) if folders else None
         if state_file is None:
             continue
         state = load_state(state_file)

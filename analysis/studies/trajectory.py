@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.collect import trial_folders
 from analysis.figures import _ok, _save, register_figure
 from trainables.trajectory import load_snapshot, snapshot_paths
 
@@ -54,9 +55,12 @@ def pca(rows: np.ndarray, k: int = 2) -> PCA:
 def load_paths(study_dir: Path, trial_ids: list[str], part: str) -> pd.DataFrame:
     """One row per snapshot: trial_id, epoch, and `vector` (the flattened parameters of
     `part`, float64). Trials without snapshots are left out."""
+    folders = trial_folders(study_dir)
     records = []
     for trial_id in trial_ids:
-        for path in snapshot_paths(study_dir / "tune" / trial_id):
+        # a trial resumed in a later experiment keeps its earlier snapshots in the earlier folder
+        paths = {p.name: p for folder in folders.get(trial_id, []) for p in snapshot_paths(folder)}
+        for path in (paths[name] for name in sorted(paths)):
             epoch, params, first = load_snapshot(path)
             names = first if part == "first_layer" else list(params)
             vector = np.concatenate([params[n].astype(np.float64).ravel() for n in names])

@@ -1,0 +1,258 @@
+"""Bad input through the real CLI (`python -m sweeps run ...`): every mistake ends with
+exit status 2 and exactly one stderr line `error: ...` that names the file and the
+key path (with a suggestion for a misspelt key), before anything is launched, and
+nothing in the results folder is created or overwritten.
+
+The cases run as subprocesses, two at a time (each one imports torch, ~3 s). One
+case (`resources.gpu` larger than any node has) needs a running Ray to know the
+cluster, so it starts Ray in-process and takes ~10 s; no trial is launched.
+
+    .venv/bin/python -m pytest -q tests/test_bad_input.py
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RAW = REPO / "data" / "MNIST" / "raw"
+
+# A tiny valid classifier spec; each case changes one thing.
+BASE = {
+    "name": "badin",
+    "family": "classifier",
+    "description": "bad-input test",
+    "fixed": {"dataset": "mnist", "model": "mlp", "epochs": 1, "train_size": 64, "test_size": 64,
+              "batch_size": 32, "lr": 0.05},
+    "grid": {"weight_decay": [0, 0.01]},
+    "seeds": [0],
+}
+
+
+def spec_text(**changes) -> str:
+    """BASE with `a__b=value` set (None removes the key), as YAML."""
+    spec = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+class Setup(NamedTuple):
+    args: list[str]  # CLI arguments after `python -m sweeps`
+    env: dict  # extra environment
+    prefix: list[str] = []  # e.g. ["unshare", "--user"]
+
+
+class Case(NamedTuple):
+    text: str  # the spec file
+    expect: list[str]  # substrings of the error line ({spec}, {results}, {data} are filled in)
+    setup: Callable[[Path, Path, Path], Setup] | None = None  # (tmp, spec, results) -> how to run
+
+
+def _run(spec: Path, results: Path, *extra: str, env: dict | None = None, prefix: list[str] | None = None) -> Setup:
+    return Setup(["run", str(spec), "--results", str(results), *extra], env or {}, prefix or [])
+
+
+def _data_copy(tmp: Path, damage: Callable[[Path], None]) -> Path:
+    """A data root with links to the repo's four MNIST archives (read only, never
+    written through), one of them damaged by `damage(raw_dir)`."""
+    raw = tmp / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in RAW.glob("*.gz"):
+        (raw / gz.name).symlink_to(gz)
+    damage(raw)
+    return tmp / "data"
+
+
+def _missing_archive(tmp: Path, spec: Path, results: Path) -> Setup:
+    data = _data_copy(tmp, lambda raw: (raw / "t10k-labels-idx1-ubyte.gz").unlink())
+    # torchvision would download the missing file; a dead proxy makes "offline" certain.
+    offline = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    return _run(spec, results, env={"GENSWEEP_DATA": str(data), "NO_PROXY": "", "no_proxy": "", **offline})
+
+
+def _corrupt(raw: Path) -> None:
+    target = raw / "train-labels-idx1-ubyte.gz"
+    content = bytearray(target.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    target.unlink()
+    target.write_bytes(bytes(content))
+
+
+def _bad_checksum(tmp: Path, spec: Path, results: Path) -> Setup:
+    return _run(spec, results, env={"GENSWEEP_DATA": str(_data_copy(tmp, _corrupt))})
+
+
+def _user_namespace_works() -> bool:
+    """`unshare --user`: root without its privileges over this machine's files, so
+    permission bits apply (root ignores them)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def _not_writable(tmp: Path, spec: Path, results: Path) -> Setup:
+    results.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    if os.geteuid() != 0:
+        return _run(spec, results)
+    if not _user_namespace_works():
+        pytest.skip("running as root without user namespaces: permission bits cannot be made to apply")
+    return _run(spec, results, prefix=["unshare", "--user"])
+
+
+def _results_is_a_file(tmp: Path, spec: Path, results: Path) -> Setup:
+    return _run(spec, results / "keep.txt")  # a typo'd --results pointing at a file
+
+
+def _other_spec(tmp: Path, spec: Path, results: Path) -> Setup:
+    """The study folder `badin` already holds another spec's study, recorded the way
+    the launcher records it (study.json with the validated spec)."""
+    from sweeps.launcher import write_record
+    from sweeps.schema import load_study
+
+    other = load_study(REPO / "sweeps" / "lr.yaml", "smoke")  # a search over lr: not this grid
+    write_record(results / "badin", {"spec": json.loads(other.spec.model_dump_json()), "profile": "smoke",
+                                     "study": "badin", "source": str(other.source), "n_cells": len(other.cells),
+                                     "provenance": {}})
+    return _run(spec, results)
+
+
+def _too_many_gpus(tmp: Path, spec: Path, results: Path) -> Setup:
+    return _run(spec, results, env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU even on a GPU machine
+
+
+MALFORMED = "name: badin\nfamily: classifier\nfixed: {lr: 0.1, epochs: 1\ngrid:\n  weight_decay: [0]\n"
+
+CASES: dict[str, Case] = {
+    "malformed_yaml": Case(MALFORMED, ["{spec}: malformed YAML at line 4"]),
+    "unknown_key": Case(spec_text(seed=[0]), ["{spec}: seed: unknown key (did you mean 'seeds'?)"]),
+    "unknown_config_key": Case(spec_text(fixed__weight_deacy=0.1),
+                               ["{spec}: fixed.weight_deacy: unknown key", "(did you mean 'weight_decay'?)"]),
+    "wrong_type": Case(spec_text(fixed__epochs="three"), ["{spec}: fixed.epochs: ", "integer", "'three'"]),
+    "empty_grid": Case(spec_text(grid__weight_decay=[]), ["{spec}: grid.weight_decay: empty list"]),
+    "zero_lr": Case(spec_text(fixed__lr=0), ["{spec}: fixed.lr: ", "greater than 0 (got 0)"]),
+    "negative_lr": Case(spec_text(fixed__lr=None, grid__lr=[0.1, -0.1]),
+                        ["{spec}: grid.lr[1]: ", "greater than 0 (got -0.1)"]),
+    "negative_weight_decay": Case(spec_text(grid__weight_decay=[0, -1e-3]),
+                                  ["{spec}: grid.weight_decay[1]: ", "greater than or equal to 0 (got -0.001)"]),
+    "batch_larger_than_subset": Case(spec_text(fixed__batch_size=128),
+                                     ["{spec}: fixed.batch_size: 128 is larger than the training subset (64 images)"]),
+    "unknown_family": Case(spec_text(family="clasifier"),
+                           ["{spec}: family: unknown family 'clasifier' (did you mean 'classifier'?)"]),
+    "unknown_model": Case(spec_text(fixed__model="mlpp"),
+                          ["{spec}: fixed.model: unknown model 'mlpp' (did you mean 'mlp'?)"]),
+    "unknown_dataset": Case(spec_text(fixed__dataset="cifar10"),
+                            ["{spec}: fixed.dataset: ", "'mnist' or 'fashion_mnist'", "'cifar10'"]),
+    "unknown_optimizer": Case(spec_text(fixed__optimizer="adamw"),
+                              ["{spec}: fixed.optimizer: ", "'sgd' or 'adam'", "'adamw'"]),
+    "search_low_not_below_high": Case(
+        spec_text(grid=None, fixed__lr=None, search={"space": {"lr": {"loguniform": [0.1, 0.01]}}, "num_samples": 2}),
+        ["{spec}: search.space.lr: low 0.1 must be below high 0.01"]),
+    # Starts Ray in-process (~10 s) to learn the cluster's GPUs; launches no trial.
+    "more_gpus_than_cluster": Case(spec_text(resources={"gpu": 1}),
+                                   ["{spec}: resources.gpu: 1 GPU per trial, but no node of this cluster has a GPU"],
+                                   _too_many_gpus),
+    "missing_data_file": Case(spec_text(), ["{data}/MNIST/raw: cannot read mnist: missing t10k-labels-idx1-ubyte.gz"], _missing_archive),
+    "data_checksum_mismatch": Case(spec_text(), ["{data}/MNIST/raw/train-labels-idx1-ubyte.gz: checksum mismatch"],
+                                   _bad_checksum),
+    "results_not_writable": Case(spec_text(), ["{results}: results folder is not writable"], _not_writable),
+    "results_path_is_a_file": Case(spec_text(), ["{results}/keep.txt", "not a folder"], _results_is_a_file),
+    "results_of_another_spec": Case(spec_text(), ["{results}/badin: holds results of a different spec", "--fresh"],
+                                    _other_spec),
+}
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every path under `folder` with its mode and content hash: what 'nothing
+    created, nothing overwritten' compares."""
+    if not folder.exists():
+        return {}
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        out[str(path.relative_to(folder))] = (stat.S_IMODE(path.stat().st_mode), content)
+    return out
+
+
+class Outcome(NamedTuple):
+    proc: subprocess.CompletedProcess
+    before: dict
+    after: dict
+    names: dict  # {spec}, {results}, {data} for the expected messages
+
+
+def _run_case(name: str, case: Case, tmp: Path) -> Outcome:
+    spec, results = tmp / f"{name}.yaml", tmp / "results"
+    spec.write_text(case.text)
+    results.mkdir()
+    (results / "keep.txt").write_text("an earlier study's file\n")
+    setup = (case.setup or (lambda t, s, r: _run(s, r)))(tmp, spec, results)
+    before = _snapshot(results)
+    env = {k: v for k, v in os.environ.items() if k != "GENSWEEP_RESULTS"}
+    try:
+        proc = subprocess.run([*setup.prefix, sys.executable, "-m", "sweeps", *setup.args], cwd=REPO,
+                              capture_output=True, text=True, timeout=240, env={**env, **setup.env})
+        after = _snapshot(results)
+    finally:
+        results.chmod(0o755)
+    return Outcome(proc, before, after, {"spec": str(spec), "results": str(results), "data": str(tmp / "data")})
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory) -> dict[str, Outcome | BaseException]:
+    """The selected cases (all, unless -k narrows them), run two at a time (a case
+    that must skip records its Skipped)."""
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
+
+    def attempt(name: str) -> Outcome | BaseException:
+        try:
+            return _run_case(name, CASES[name], tmp_path_factory.mktemp(name))
+        except BaseException as exc:  # pytest.skip raises; the test re-raises it
+            return exc
+
+    jobs = int(os.environ.get("GENSWEEP_TEST_JOBS", "2"))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # the slow Ray case first, so the others overlap it
+        order = sorted(selected, key=lambda n: n != "more_gpus_than_cluster")
+        return dict(zip(order, pool.map(attempt, order)))
+
+
+# Known gaps, each in a module this test does not own; strict: the mark fails once fixed.
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_nothing_launched(outcomes, name):
+    outcome = outcomes[name]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    proc = outcome.proc
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for expected in CASES[name].expect:
+        assert expected.format(**outcome.names) in lines[0], lines[0]
+    # nothing launched: no study started or resumed, no trial folder, no record written
+    assert "starting" not in proc.stdout and "resuming" not in proc.stdout, proc.stdout
+    assert outcome.after == outcome.before, "the results folder changed"

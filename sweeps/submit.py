@@ -139,6 +139,7 @@ def submit(study: Study, spec: Path, *, address: str | None, storage: str | None
     # Ray logs each packaging step and warns about excludes we set on purpose.
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env").setLevel(logging.ERROR)
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # sets INFO on itself
     print(f"uploading {REPO} as the job's working dir (without {', '.join(UPLOAD_EXCLUDES[:4])}, ...)", flush=True)
     job_id = _call(url, jobs.submit_job, entrypoint=command, runtime_env=runtime_env(),
                    metadata={"gensweep_study": study.study_name})

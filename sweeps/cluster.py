@@ -173,9 +173,20 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 30.0) -> list[str
     for name in order:
         _terminate(cluster.pids[name], timeout)
     for temp_dir in cluster.temp_dirs:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _remove(Path(temp_dir))
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return order
+
+
+def _remove(folder: Path, attempts: int = 10) -> None:
+    """Delete a node's temp dir. A node whose processes were killed from outside (a
+    lost node) may still have a child writing its last log lines there for a moment:
+    try again until the folder stays gone."""
+    for _ in range(attempts):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.5)
 
 
 def _terminate(pid: int, timeout: float) -> None:

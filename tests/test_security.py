@@ -203,6 +203,8 @@ def test_cluster_up_starts_nodes_on_loopback_with_token_auth(tmp_path, monkeypat
     monkeypatch.setattr(cluster, "_wait_for_nodes", lambda *a: None)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     up = cluster.up(workers=1, cpus=1, state_dir=tmp_path, default_ports=False)
+    cluster.down(tmp_path)  # nothing runs (no such pids); removes the nodes' temp dirs
+    assert not any(Path(d).exists() for d in up.temp_dirs)
     assert len(started) == 2
     (head, head_kw), (worker, worker_kw) = started
     assert head[1:3] == ["start", "--block"] and "--head" in head

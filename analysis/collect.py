@@ -39,7 +39,7 @@ def read_study(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     """result.json is one JSON object per line; a line cut short by a crash is skipped."""
     rows = []
     if not path.exists():
@@ -126,7 +126,7 @@ _POSITION = ("phase", "epoch", "alpha")
 def _trial_frame(trial_dirs: list[Path]) -> pd.DataFrame:
     parts = []
     for trial_dir in trial_dirs:
-        rows = _read_rows(trial_dir / "result.json")
+        rows = read_rows(trial_dir / "result.json")
         if rows:
             # Tune numbers reports per trial (training_iteration) and restores that count
             # with a checkpoint, so a report repeated after a restart has the same number.

@@ -64,14 +64,7 @@ def test_checkpoint_write_failing_halfway_keeps_the_previous_state(tmp_path, mon
     real_save = torch.save
     written = []
 
-    def dies_halfway(obj, target, *args, **kwargs):
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        Path(target).write_bytes(_half(buffer.getvalue()))
-        written.append(Path(target))
-        raise _disk_full()
-
-    monkeypatch.setattr(torch, "save", dies_halfway)
+    monkeypatch.setattr(torch, "save", _half_then_fail(real_save, written))
     with pytest.raises(OSError, match="No space left"):
         save_state(tmp_path, _state(2))
     assert written and written[0].name != STATE_FILE  # the half file went to a temporary name
@@ -155,31 +148,28 @@ def _report_files(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in names}
 
 
+def _half_then_fail(write, written: list[Path], **fixed):
+    """`write(obj, target, ...)` (torch.save, DataFrame.to_parquet, Figure.savefig)
+    made to put half of its real output at `target` and then fail as a full disk."""
+
+    def crashing(obj, target, *args, **kwargs):
+        buffer = io.BytesIO()
+        write(obj, buffer, *args, **fixed, **kwargs)
+        Path(target).write_bytes(_half(buffer.getvalue()))
+        written.append(Path(target))
+        raise _disk_full()
+
+    return crashing
+
+
 def _crashing_writer(kind: str, written: list[Path]):
     """(object, attribute, replacement): the real writer, but it writes half of its
     output to the target and then fails."""
     if kind == "parquet":
-        real = pd.DataFrame.to_parquet
-
-        def to_parquet(self, target, *args, **kwargs):
-            buffer = io.BytesIO()
-            real(self, buffer, *args, **kwargs)
-            Path(target).write_bytes(_half(buffer.getvalue()))
-            written.append(Path(target))
-            raise _disk_full()
-
-        return pd.DataFrame, "to_parquet", to_parquet
+        return pd.DataFrame, "to_parquet", _half_then_fail(pd.DataFrame.to_parquet, written)
     if kind == "png":
-        real_savefig = matplotlib.figure.Figure.savefig
-
-        def savefig(self, target, *args, **kwargs):
-            buffer = io.BytesIO()
-            real_savefig(self, buffer, *args, format="png", **kwargs)
-            Path(target).write_bytes(_half(buffer.getvalue()))
-            written.append(Path(target))
-            raise _disk_full()
-
-        return matplotlib.figure.Figure, "savefig", savefig
+        return matplotlib.figure.Figure, "savefig", _half_then_fail(matplotlib.figure.Figure.savefig, written,
+                                                                    format="png")
     real_write_text = Path.write_text
 
     def write_text(self, text, *args, **kwargs):

@@ -30,6 +30,8 @@ from typing import Callable
 import pandas as pd
 import pytest
 
+from analysis.collect import read_rows, trial_folders
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -157,20 +159,8 @@ class Cli:
 def result_rows(study_folder: Path) -> dict[str, list[dict]]:
     """Trial folder name -> its raw result.json rows, over every experiment (tune*/),
     in the order written; rows cut short by a kill are skipped."""
-    out: dict[str, list[dict]] = {}
-    for experiment in sorted(Path(study_folder).glob("tune*")):
-        if not experiment.is_dir():
-            continue
-        for trial in sorted(p for p in experiment.iterdir() if p.is_dir()):
-            rows = out.setdefault(trial.name, [])
-            path = trial / "result.json"
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        pass
-    return out
+    return {name: [row for folder in folders for row in read_rows(folder / "result.json")]
+            for name, folders in trial_folders(study_folder).items()}
 
 
 def trial_cells(study_folder: Path) -> dict[str, dict]:

@@ -25,7 +25,10 @@ STUDY_FILE = "study.json"
 CONTRACT_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "gap_acc", "gap_loss",
                     "weight_norm", "grad_norm", "time_s"]
 # Per-trial facts the trial reports with every row; they go to trials.parquet.
-TRIAL_FACTS = ["n_params", "device", "gpu_name", "gpu_ids", "hostname", "node_id", "num_threads"]
+TRIAL_FACTS = ["n_params", "device", "gpu_name", "gpu_ids", "hostname", "node_id", "num_threads",
+               "pack_id", "pack_size"]
+PACK_KEY = "pack"  # a packed trial's config key (sweeps/packing.py): its cells and their ids
+MEMBERS_KEY = "members"  # a packed trial's report key: cell id -> that cell's metrics
 # Tune's own bookkeeping columns we drop from the history.
 _TUNE_COLUMNS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
                  "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
@@ -52,12 +55,29 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _trial_config(trial_dir: Path) -> dict | None:
+def _trial_params(trial_dir: Path) -> dict | None:
     try:
-        params = json.loads((trial_dir / "params.json").read_text())
+        return json.loads((trial_dir / "params.json").read_text())
     except (OSError, ValueError):
         return None
-    return {**params.get("cell", {}), **{k: v for k, v in params.items() if k != "cell"}}
+
+
+def _cells_of(trial_id: str, params: dict, frame: pd.DataFrame):
+    """(cell id, config, report rows) of each cell a Tune trial trained: the trial
+    itself, or every member of a packed trial (`pack:` in the spec), whose rows are
+    its entries of the reports' `members`, with the pack's facts."""
+    if PACK_KEY not in params:
+        yield trial_id, {**params.get("cell", {}), **{k: v for k, v in params.items() if k != "cell"}}, frame
+        return
+    pack = params[PACK_KEY]
+    shared = [c for c in frame.columns if c != MEMBERS_KEY and (c in TRIAL_FACTS or c in _TUNE_COLUMNS)]
+    for member_id, cell in zip(pack["ids"], pack["cells"]):
+        rows = []
+        for _, row in frame.iterrows():
+            metrics = row.get(MEMBERS_KEY)
+            if isinstance(metrics, dict) and member_id in metrics:
+                rows.append({**{c: row[c] for c in shared}, **metrics[member_id], "pack_id": trial_id})
+        yield member_id, cell, pd.DataFrame(rows)
 
 
 def _hashable(value):
@@ -150,52 +170,80 @@ def collect_tables(folder: Path, trial_ids: list[str] | None = None) -> Tables:
     folder = Path(folder)
     history_parts, trial_rows, step_parts = [], [], []
     wanted = None if trial_ids is None else set(trial_ids)
-    for trial_id, trial_dirs in trial_folders(folder).items():
-        if wanted is not None and trial_id not in wanted:
-            continue
+    for folder_id, trial_dirs in trial_folders(folder).items():
         trial_dir = trial_dirs[-1]
-        config = _trial_config(trial_dir)
-        if config is None:
+        params = _trial_params(trial_dir)
+        if params is None:
             continue
-        config = {k: _hashable(v) for k, v in config.items() if not k.startswith("_")}
-        frame = _trial_frame(trial_dirs)
-        rows = not frame.empty
-        # Tune writes error.txt at every failure, also one it then retries: it is final
-        # only when the experiment state says ERROR (or there is no state to ask).
-        tune_status = _tune_status(trial_dir)
-        errored = (trial_dir / "error.txt").exists() and tune_status in ("ERROR", None)
-        record = {"trial_id": trial_id, **config}
-        if rows:
-            if STEPS_KEY in frame:
-                step_parts.append(_expand_steps(frame.pop(STEPS_KEY), trial_id, config))
-            facts = {k: frame[k].iloc[-1] for k in TRIAL_FACTS if k in frame}
-            frame = frame.drop(columns=[c for c in frame.columns if c in _TUNE_COLUMNS or c in TRIAL_FACTS])
-            for key, value in config.items():
-                frame[key] = value
-            frame.insert(0, "trial_id", trial_id)
-            history_parts.append(frame)
-            last = frame.iloc[-1].to_dict()
-            status = last.get("status", "ok")
-            record.update({f"final_{k}": v for k, v in last.items() if k not in config and k not in ("trial_id", "status")})
-            record.update(facts)
-            record["epochs_done"] = int(last.get("epoch", 0))
-            record["wall_s"] = float(last.get("time_s", np.nan))
-        else:
-            status = "incomplete"
-            record.update(epochs_done=0, wall_s=np.nan)
-        if status == "running":
-            # Stopped before its last epoch: by the scheduler (ok), a crash, or still running.
-            # Stopped early by the scheduler (TERMINATED) counts as ok.
-            status = "error" if errored else ("ok" if tune_status == "TERMINATED" else "incomplete")
-        elif errored and status != "diverged" and not rows:
-            status = "error"
-        record["status"] = status
-        trial_rows.append(record)
+        if wanted is not None and PACK_KEY not in params and folder_id not in wanted:
+            continue  # a cell the spec no longer has: its reports are not even read
+        for trial_id, config, frame in _cells_of(folder_id, params, _trial_frame(trial_dirs)):
+            if wanted is None or trial_id in wanted:
+                _add_trial(trial_id, config, frame, trial_dir, history_parts, trial_rows, step_parts)
     history = pd.concat(history_parts, ignore_index=True) if history_parts else pd.DataFrame()
     trials = pd.DataFrame(trial_rows)
     step_parts = [part for part in step_parts if part is not None]
     steps = pd.concat(step_parts, ignore_index=True) if step_parts else pd.DataFrame()
     return Tables(history, trials, steps)
+
+
+def _add_trial(trial_id: str, config: dict, frame: pd.DataFrame, trial_dir: Path,
+               history_parts: list, trial_rows: list, step_parts: list) -> None:
+    """One cell's history rows, trials row and step rows, from its reports."""
+    config = {k: _hashable(v) for k, v in config.items() if not k.startswith("_")}
+    rows = not frame.empty
+    # Tune writes error.txt at every failure, also one it then retries: it is final
+    # only when the experiment state says ERROR (or there is no state to ask).
+    tune_status = _tune_status(trial_dir)
+    errored = (trial_dir / "error.txt").exists() and tune_status in ("ERROR", None)
+    record = {"trial_id": trial_id, **config}
+    if rows:
+        if STEPS_KEY in frame:
+            step_parts.append(_expand_steps(frame.pop(STEPS_KEY), trial_id, config))
+        facts = {k: frame[k].iloc[-1] for k in TRIAL_FACTS if k in frame}
+        frame = frame.drop(columns=[c for c in frame.columns if c in _TUNE_COLUMNS or c in TRIAL_FACTS])
+        for key, value in config.items():
+            frame[key] = value
+        frame.insert(0, "trial_id", trial_id)
+        history_parts.append(frame)
+        last = frame.iloc[-1].to_dict()
+        status = last.get("status", "ok")
+        record.update({f"final_{k}": v for k, v in last.items() if k not in config and k not in ("trial_id", "status")})
+        record.update(facts)
+        record["epochs_done"] = int(last.get("epoch", 0))
+        record["wall_s"] = float(last.get("time_s", np.nan))
+    else:
+        status = "incomplete"
+        record.update(epochs_done=0, wall_s=np.nan)
+    if status == "running":
+        # Stopped before its last epoch: by the scheduler (ok), a crash, or still running.
+        # Stopped early by the scheduler (TERMINATED) counts as ok.
+        status = "error" if errored else ("ok" if tune_status == "TERMINATED" else "incomplete")
+    elif errored and status != "diverged" and not rows:
+        status = "error"
+    record["status"] = status
+    trial_rows.append(record)
+
+
+def last_model_state(folder: Path, trial_id: str, pack_id: str | None = None) -> dict | None:
+    """A trial's model weights (a module state_dict) from its last checkpoint, or None
+    when it has none. `pack_id` (trials.parquet's column): the cell trained in that
+    packed trial, whose checkpoint holds every member's weights stacked."""
+    from trainables.checkpoint import last_checkpoint, load_state
+
+    folders = trial_folders(Path(folder))
+    packed = isinstance(pack_id, str) and pack_id in folders
+    dirs = folders.get(pack_id if packed else trial_id, [])
+    state_file = last_checkpoint(dirs[-1]) if dirs else None
+    if state_file is None:
+        return None
+    state = load_state(state_file)
+    if not packed:
+        return state["model"]
+    from trainables.packed import member_state
+
+    members = _trial_params(dirs[-1])[PACK_KEY]["ids"]
+    return member_state(state["models"], members.index(trial_id))
 
 
 def _tune_status(trial_dir: Path) -> str | None:

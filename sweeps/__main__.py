@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=["quick", "smoke"], help="apply a profile of the spec (default: the full study)")
     _storage_arguments(run)
     run.add_argument("--fresh", action="store_true", help="start a new study beside an existing one instead of resuming")
+    _pack_argument(run)
     run.add_argument("--address", default=None, help="Ray cluster to join (default: start Ray in this process)")
     run.add_argument("--progress-every", type=float, default=20.0, metavar="SECONDS",
                      help="seconds between status tables (default 20)")
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--profile", choices=["quick", "smoke"], help="apply a profile of the spec")
     _storage_arguments(submit)
     submit.add_argument("--fresh", action="store_true", help="start a new study beside an existing one")
+    _pack_argument(submit)
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return instead of following the logs")
     jobs_help = "the cluster's job server (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
     submit.add_argument("--address", default=None, help=jobs_help)
@@ -74,6 +76,11 @@ def _storage_arguments(parser: argparse.ArgumentParser) -> None:
                              "(s3://..., gs://...); default: the spec's `storage`, else $GENSWEEP_RESULTS, else results/")
 
 
+def _pack_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pack", type=int, default=None, metavar="K",
+                        help="train up to K grid cells per trial, vectorized (overrides the spec's `pack`; 1: unpacked)")
+
+
 def storage_of(args: argparse.Namespace, study) -> str | None:
     """--storage, else the spec's `storage`, else $GENSWEEP_RESULTS; None: results/."""
     return args.storage or study.spec.storage or os.environ.get("GENSWEEP_RESULTS")
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "logs":
                 return jobs.show_logs(args.address, args.job, args.follow)
             return jobs.stop(args.address, args.job)
-        study = load_study(args.spec, args.profile)
+        study = load_study(args.spec, args.profile, getattr(args, "pack", None))
         if args.command == "status":
             from sweeps.status import print_status
 
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             from sweeps.submit import submit
 
             return submit(study, args.spec, address=args.address, storage=storage_of(args, study),
-                          fresh=args.fresh, wait=not args.no_wait)
+                          fresh=args.fresh, wait=not args.no_wait, pack=args.pack)
         from sweeps.launcher import run_study
 
         outcome = run_study(study, storage_of(args, study) or "results", address=args.address, fresh=args.fresh,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from analysis.collect import STUDY_FILE, TUNE_DIR  # the study folder's layout, named once
+from sweeps.packing import PACK_KEY, pack_cells, trial_size
 from sweeps.provenance import provenance
 from sweeps import storage
 from sweeps.schema import Study, cell_id
@@ -44,11 +45,16 @@ def run_trial(config: dict, family: str, data) -> None:
     checkpoint in `_resume_from`, and continues from there."""
     from trainables import trial
 
+    # One INFO line per checkpoint from Ray Train would flood the driver's console.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    if PACK_KEY in config:  # several cells trained together (spec `pack:`)
+        pack = config[PACK_KEY]
+        trial.resume_from = pack.get(RESUME_KEY)
+        get_family(family).train_packed(pack["cells"], pack["ids"], data)
+        return
     cell = dict(config["cell"])
     trial.resume_from = cell.pop(RESUME_KEY, None)
     flat = {**cell, **{k: v for k, v in config.items() if k != "cell"}}
-    # One INFO line per checkpoint from Ray Train would flood the driver's console.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     get_family(family).train(flat, data)
 
 
@@ -197,9 +203,29 @@ def varying_keys(study: Study) -> list[str]:
     return keys
 
 
-def _tune_space(study: Study, cells: list[dict]):
+def packs_for(study: Study, cells: list[dict], folder: Path | str) -> list[dict]:
+    """The packed trials (spec `pack:`) training `cells`. A pack whose exact members
+    ran before as a pack (same folder name) continues from that folder's last
+    checkpoint; otherwise its cells start over (a cell's own single-model checkpoint,
+    from an unpacked run, does not fit a pack)."""
+    from analysis.collect import trial_folders
+    from trainables.checkpoint import last_checkpoint
+
+    plain = [{k: v for k, v in cell.items() if k != RESUME_KEY} for cell in cells]
+    packs = pack_cells(plain, [cell_id(study.spec.family, c) for c in plain], study.spec.pack)
+    folders = {} if storage.is_uri(folder) or not Path(folder).exists() else trial_folders(Path(folder))
+    for pack in packs:
+        state = last_checkpoint(folders[pack["id"]][-1]) if pack["id"] in folders else None
+        if state is not None:
+            pack[RESUME_KEY] = str(state.parent)
+    return packs
+
+
+def _tune_space(study: Study, cells: list[dict], packs: list[dict] | None = None):
     from ray import tune
 
+    if packs is not None:
+        return {PACK_KEY: tune.grid_search(packs)}
     if study.spec.search is None:
         return {"cell": tune.grid_search(cells)}
     samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
@@ -221,6 +247,8 @@ def _tune_trial_id(trial) -> str:
 
 
 def _cell_trial_id(family: str, trial) -> str:
+    if PACK_KEY in trial.config:
+        return trial.config[PACK_KEY]["id"]
     return cell_id(family, trial.config["cell"])
 
 
@@ -300,7 +328,8 @@ def trial_resources(study: Study) -> dict:
         if most == 0:
             return {"cpu": study.spec.resources.cpu, "gpu": 0.0}
         count = get_family(study.spec.family).count_params
-        share = auto_gpu_share(max(count(cell) for cell in study.cells)) if count else 1.0
+        models = min(study.spec.pack, len(study.cells))  # a packed trial holds this many
+        share = auto_gpu_share(models * max(count(cell) for cell in study.cells)) if count else 1.0
         wanted = min(share, most)
     if wanted > most:
         where = "no node of this cluster has a GPU" if most == 0 else f"the largest node has {most:g}"
@@ -354,8 +383,11 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     _init_ray(address)
     resources = trial_resources(study)  # refuses a GPU share the cluster cannot give
     write_record(folder, record)
-    what = f"{study.study_name}: {total} trials, {resources['cpu']:g} CPU" + (
-        f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
+    packs = packs_for(study, plan.cells, folder) if study.spec.pack > 1 and not plan.restore else None
+    each = f"{resources['cpu']:g} CPU" + (f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
+    what = f"{study.study_name}: {total} trials, {each}"
+    if packs is not None:
+        what = f"{study.study_name}: {len(plan.cells)} trials packed into {len(packs)} (up to {study.spec.pack} models), {each}"
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data), resources)
     printer = ProgressPrinterFactory(study, total if plan.restore or not plan.done else len(plan.cells),
@@ -380,15 +412,19 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
         tuner._local_tuner.get_run_config().callbacks = [printer, *(callbacks or [])]
     else:
         if plan.done:
-            resumed = sum(RESUME_KEY in c for c in plan.cells)
+            resumed = sum(RESUME_KEY in c for c in (packs or plan.cells))
             print(f"{study.study_name}: {plan.done} of {len(study.cells)} trials done and kept; training "
-                  f"{len(plan.cells)} more ({resumed} from their last checkpoint) -> {tune_path}", flush=True)
+                  f"{len(plan.cells)} more{f' in {len(packs)} packs' if packs else ''} "
+                  f"({resumed} {'packs' if packs else 'trials'} from their last checkpoint) -> {tune_path}", flush=True)
         else:
             print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
-        tuner = tune.Tuner(trainable, param_space=_tune_space(study, plan.cells), tune_config=_tune_config(study),
-                           run_config=run_config)
+        tuner = tune.Tuner(trainable, param_space=_tune_space(study, plan.cells, packs),
+                           tune_config=_tune_config(study), run_config=run_config)
     grid = tuner.fit()
-    return _finish(study, folder, grid, len(plan.cells) if not plan.restore and plan.done else total)
+    # Trials this run should end with: a search's samples; a grid's cells or packs (a
+    # restored grid experiment lists all of its trials, so nothing to compare).
+    expected = total if study.spec.search else 0 if plan.restore else len(packs if packs is not None else plan.cells)
+    return _finish(study, folder, grid, expected)
 
 
 def _finish(study: Study, folder: Path | str, grid, total: int) -> StudyOutcome:
@@ -397,7 +433,8 @@ def _finish(study: Study, folder: Path | str, grid, total: int) -> StudyOutcome:
 
     with storage.local_copy(folder) as local:
         summary = write_report(local).replace(str(local), str(folder))  # name the real place, not the copy
-        left = _not_ended(local, grid.num_errors) if grid is not None else 0
+        errored_cells = sum(trial_size(result.config) for result in grid if result.error) if grid is not None else 0
+        left = _not_ended(local, errored_cells) if grid is not None else 0
     print(summary, flush=True)
     if grid is None:
         return StudyOutcome(folder, 0)

@@ -1,6 +1,9 @@
 """Short progress output: a line per finished trial, and a status table at most
 every `interval` seconds (Tune's own table is switched off: it floods small screens).
-Tune pickles callbacks with the experiment, so this holds only plain values."""
+Tune pickles callbacks with the experiment, so this holds only plain values.
+
+A packed trial (spec `pack:`) trains several cells: each gets its own "done" line and
+counts as one of the total; the table shows the pack as one running line."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import sys
 import time
 
 from ray import tune
+
+from sweeps.packing import trial_size
 
 
 def _fmt(value) -> str:
@@ -30,7 +35,14 @@ class ProgressPrinter(tune.Callback):
         self.finished = 0
 
     def _label(self, trial) -> str:
+        if "pack" in trial.config:  # the values each varying key takes in the pack
+            cells = trial.config["pack"]["cells"]
+            spans = {k: list(dict.fromkeys(_fmt(c.get(k)) for c in cells)) for k in self.varying}
+            return f"pack of {len(cells)}: " + " ".join(f"{k}={','.join(v)}" for k, v in spans.items())
         config = {**trial.config.get("cell", {}), **{k: v for k, v in trial.config.items() if k != "cell"}}
+        return self._cell_label(config)
+
+    def _cell_label(self, config: dict) -> str:
         return " ".join(f"{k}={_fmt(config.get(k))}" for k in self.varying)
 
     def _say(self, text: str) -> None:
@@ -41,27 +53,43 @@ class ProgressPrinter(tune.Callback):
         return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        for member_id, metrics in (result.get("members") or {}).items():
+            if metrics.get("status") == "diverged":  # a packed cell ends while its pack goes on
+                self._cell_done(trial, member_id, metrics)
         if time.monotonic() - self.last_table >= self.interval:
             self.last_table = time.monotonic()
             self._table(trials, trial, result)
 
-    def _count_finished(self, trials, trial) -> None:
+    def _count_finished(self, trials, trial, cells: int = 1) -> None:
         # A resumed experiment starts with trials that ended in an earlier run: count them.
-        earlier = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
-        self.finished = max(self.finished, earlier) + 1
+        earlier = sum(trial_size(t.config) for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR"))
+        self.finished = max(self.finished, earlier) + cells
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._count_finished(trials, trial)
         last = trial.last_result or {}
+        if "pack" in trial.config:
+            self._count_finished(trials, trial, 0)
+            for member_id, metrics in (last.get("members") or {}).items():
+                if metrics.get("status") != "diverged":  # diverged ones said so when they did
+                    self._cell_done(trial, member_id, metrics)
+            return
+        self._count_finished(trials, trial)
+        self._say(f"[{self.study} {self._clock()}] {self.finished}/{self.total} done: {self._label(trial)}: "
+                  f"{self._outcome(last)}")
+
+    def _cell_done(self, trial, member_id: str, metrics: dict) -> None:
+        pack = trial.config["pack"]
+        cell = pack["cells"][pack["ids"].index(member_id)]
+        self.finished += 1
+        self._say(f"[{self.study} {self._clock()}] {self.finished}/{self.total} done: {self._cell_label(cell)}: "
+                  f"{self._outcome(metrics)}")
+
+    def _outcome(self, last: dict) -> str:
         status = last.get("status", "ok")
         if status == "running":
             status = "stopped early"
-        epochs = last.get("epoch", "?")
-        self._say(
-            f"[{self.study} {self._clock()}] {self.finished}/{self.total} done: {self._label(trial)}: "
-            f"{self.metric} {_fmt(last.get(self.metric, float('nan')))} after {epochs} epochs "
-            f"({_fmt(float(last.get('time_s', 0.0)))} s) {'' if status == 'ok' else status}".rstrip()
-        )
+        return (f"{self.metric} {_fmt(last.get(self.metric, float('nan')))} after {last.get('epoch', '?')} epochs "
+                f"({_fmt(float(last.get('time_s', 0.0)))} s) {'' if status == 'ok' else status}").rstrip()
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Tune logs the traceback above this; one line says what happens next.
@@ -69,7 +97,7 @@ class ProgressPrinter(tune.Callback):
                   f"(retry {trial.num_failures} of {trial.max_failures}; {trial.path or trial.local_path}/error.txt)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._count_finished(trials, trial)
+        self._count_finished(trials, trial, trial_size(trial.config))
         # trial.path: the trial's folder in the study; local_path is Ray's staging copy under /tmp/ray.
         self._say(f"[{self.study} {self._clock()}] {self.finished}/{self.total} FAILED: {self._label(trial)} "
                   f"(traceback: {trial.path or trial.local_path}/error.txt)")
@@ -83,13 +111,28 @@ class ProgressPrinter(tune.Callback):
         running = [t for t in trials if t.status == "RUNNING"]
         for t in running:
             last = current_result if t is current else (t.last_result or {})
-            epochs = t.config.get("cell", {}).get("epochs", "?")
+            cell = t.config["pack"]["cells"][0] if "pack" in t.config else t.config.get("cell", {})
+            epochs = cell.get("epochs", "?")
             if "epoch" not in last:
                 self._say(f"    {self._label(t)}: starting")
                 continue
             where = f"epoch {last['epoch']}/{epochs}"
-            if t.config.get("cell", {}).get("max_steps") and "step" in last:  # a step budget: epochs is ignored
-                where = f"step {last['step']}/{t.config['cell']['max_steps']}"
-            fit = "train_acc" if "train_acc" in last else "train_loss"  # regression families have no accuracy
-            self._say(f"    {self._label(t)}: {where} "
-                      f"{fit} {_fmt(last.get(fit, float('nan')))} {self.metric} {_fmt(last.get(self.metric, float('nan')))}")
+            if cell.get("max_steps") and "step" in last:  # a step budget: epochs is ignored
+                where = f"step {last['step']}/{cell['max_steps']}"
+            self._say(f"    {self._label(t)}: {where} {_progress_metrics(last, self.metric)}")
+
+
+def _progress_metrics(last: dict, metric: str) -> str:
+    """The fit and the tracked metric of a running trial; for a pack, the range over
+    its members."""
+    reports = list(last["members"].values()) if last.get("members") else [last]
+    fit = "train_acc" if "train_acc" in reports[0] else "train_loss"  # regression families have no accuracy
+
+    def span(key: str) -> str:
+        values = [r[key] for r in reports if isinstance(r.get(key), (int, float))]
+        if not values:
+            return "nan"
+        low, high = min(values), max(values)
+        return _fmt(low) if low == high else f"{_fmt(low)}..{_fmt(high)}"
+
+    return f"{fit} {span(fit)} {metric} {span(metric)}"

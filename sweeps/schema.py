@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, NonNegati
 
 from sweeps.specyaml import SpecError, read_yaml
 from trainables.errors import ConfigError
-from trainables.families import get_family, suggest
+from trainables.families import FAMILIES, get_family, suggest
 
 PROFILES = ("quick", "smoke")
 
@@ -137,6 +137,10 @@ class Spec(_Strict):
     seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Field(default_factory=Resources)
     max_failures: NonNegativeInt = 2  # restarts of a failed trial from its last checkpoint
+    # Train up to this many grid cells per trial, vectorized (torch.func.vmap): cells
+    # equal in all but seed, lr, weight_decay and momentum share a process and its data
+    # (sweeps/packing.py, trainables/packed.py). Results are one row per cell either way.
+    pack: PositiveInt = 1
     # Parent of the study folder: a path every node can write (shared filesystem on a
     # multi-node cluster) or a URI (s3://bucket/path, gs://...). Unset: results/.
     storage: str | None = None
@@ -235,8 +239,10 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def load_study(path: str | Path, profile: str | None = None) -> Study:
-    """Read, merge the profile, and validate a spec file. Raises SpecError."""
+def load_study(path: str | Path, profile: str | None = None, pack: int | None = None) -> Study:
+    """Read, merge the profile, and validate a spec file. Raises SpecError.
+    `pack` overrides the spec's `pack` (the command line's --pack: packing pays on
+    some machines, e.g. GPUs, and not on others)."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -253,6 +259,8 @@ def load_study(path: str | Path, profile: str | None = None) -> Study:
             if key in ("name", "family", "profiles") or key not in Spec.model_fields:
                 raise SpecError(f"{path}: profiles.{profile}.{key}: a profile cannot set this key{suggest(key, Spec.model_fields)}")
         raw = _merge(raw, overrides)
+    if pack is not None:
+        raw = {**raw, "pack": pack}
     try:
         spec = Spec(**raw)
     except ValidationError as exc:
@@ -265,6 +273,7 @@ def load_study(path: str | Path, profile: str | None = None) -> Study:
     if spec.search is not None and len(spec.seeds) > 1:
         raise SpecError(f"{path}: seeds: a search runs one seed (got {len(spec.seeds)}); repeat the best configs as a grid spec to measure seed variance")
     cells = _resolve_cells(path, spec)
+    _check_pack(path, spec)
     _check_figures(path, spec, cells)
     return Study(spec=spec, profile=profile, source=str(path), cells=cells)
 
@@ -309,6 +318,21 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
             # A variant axis becomes a column holding the variant's name.
             cells.append({**{k: v for k, v in resolved.items() if k not in searched}, **labels})
     return cells
+
+
+def _check_pack(path: Path, spec: Spec) -> None:
+    if spec.pack == 1:
+        return
+    if spec.search is not None:
+        raise SpecError(f"{path}: pack: a search proposes one trial at a time from the results so far; "
+                        f"packing is for grids (remove pack, or turn the search into a grid)")
+    if spec.scheduler is not None:
+        raise SpecError(f"{path}: pack: the scheduler stops single trials early, and a packed trial trains "
+                        f"several cells together; remove pack or the scheduler")
+    if get_family(spec.family).train_packed is None:
+        packable = sorted(name for name in FAMILIES if FAMILIES[name].train_packed is not None)
+        raise SpecError(f"{path}: pack: family {spec.family!r} trains one model per trial; "
+                        f"packing is available for: {', '.join(packable)}")
 
 
 def _variant_axes(path: Path, spec: Spec) -> dict[str, list[str]]:

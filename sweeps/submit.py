@@ -104,7 +104,7 @@ def study_results(storage: str | None) -> str:
     return storage if is_uri(storage) else str(Path(storage).resolve())
 
 
-def entrypoint(spec: Path, profile: str | None, results: str, fresh: bool) -> str:
+def entrypoint(spec: Path, profile: str | None, results: str, fresh: bool, pack: int | None = None) -> str:
     spec_in_job = Path(spec).resolve()
     try:
         spec_in_job = spec_in_job.relative_to(REPO)
@@ -115,6 +115,8 @@ def entrypoint(spec: Path, profile: str | None, results: str, fresh: bool) -> st
         parts += ["--profile", profile]
     if fresh:
         parts.append("--fresh")
+    if pack is not None:
+        parts += ["--pack", str(pack)]
     return " ".join(parts)
 
 
@@ -129,11 +131,11 @@ def runtime_env() -> dict:
 
 
 def submit(study: Study, spec: Path, *, address: str | None, storage: str | None, fresh: bool = False,
-           wait: bool = True) -> int:
+           wait: bool = True, pack: int | None = None) -> int:
     """Submit the study as a Ray job; with `wait`, stream its logs and return its
     exit status (0 when the job succeeded)."""
     results = study_results(storage)
-    command = entrypoint(spec, study.profile, results, fresh)  # bad input fails before any network call
+    command = entrypoint(spec, study.profile, results, fresh, pack)  # bad input fails before any network call
     jobs = client(address)
     url = job_address(address)
     # Ray logs each packaging step and warns about excludes we set on purpose.

@@ -169,6 +169,10 @@ CASES: dict[str, Case] = {
     "search_low_not_below_high": Case(
         spec_text(grid=None, fixed__lr=None, search={"space": {"lr": {"loguniform": [0.1, 0.01]}}, "num_samples": 2}),
         ["{spec}: search.space.lr: low 0.1 must be below high 0.01"]),
+    "pack_zero": Case(spec_text(pack=0), ["{spec}: pack: ", "greater than 0 (got 0)"]),
+    "pack_with_search": Case(
+        spec_text(grid=None, fixed__lr=None, pack=4, search={"space": {"lr": {"loguniform": [0.01, 0.1]}}, "num_samples": 2}),
+        ["{spec}: pack: a search proposes one trial at a time", "packing is for grids"]),
     # Starts Ray in-process (~10 s) to learn the cluster's GPUs; launches no trial.
     "more_gpus_than_cluster": Case(spec_text(resources={"gpu": 1}),
                                    ["{spec}: resources.gpu: 1 GPU per trial, but no node of this cluster has a GPU"],

@@ -18,7 +18,9 @@ from matplotlib.image import imread
 from torch import nn
 
 from analysis.figures import KINDS
+from analysis.collect import last_model_state
 from analysis.studies import templates as T
+from trainables.checkpoint import last_checkpoint
 from sweeps.schema import load_study
 from trainables import data as D
 from trainables.classifier import ClassifierConfig, make_splits
@@ -170,9 +172,9 @@ def _fabricated_study(folder: Path, lambdas: list[float], seeds: list[int]) -> p
 
 def test_last_checkpoint_and_templates_read_the_newest_weights(tmp_path):
     trials = _fabricated_study(tmp_path, [0.0], [0])
-    state_file = T.last_checkpoint(tmp_path / "tune" / trials["trial_id"][0])
+    state_file = last_checkpoint(tmp_path / "tune" / trials["trial_id"][0])
     assert state_file.parent.name == "checkpoint_000012"
-    weights = T.templates(torch.load(state_file, weights_only=True)["model"])
+    weights = T.templates(last_model_state(tmp_path, trials["trial_id"][0]))
     assert weights.shape == (10, 28, 28)
     assert weights[3].min() == weights[3].max() == 4.0  # digit 3's template, from the newest checkpoint
 

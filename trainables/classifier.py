@@ -17,6 +17,7 @@ from trainables.engine import EngineConfig, fit
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, suggest, validate_model
 from trainables.models import MODELS, build_model, count_params
+from trainables.packed import PackedModels, fit_packed
 from trainables.trial import restored_state, trial_device, tune_reporter
 
 
@@ -108,6 +109,23 @@ def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     fit(model, train_split, splits, cfg, report, resume=restored_state())
 
 
+def train_packed(configs: list[dict], ids: list[str], data: dict[str, datasets.ImageData]) -> None:
+    """One Tune trial training several cells at once (a spec's `pack:`): each model
+    built after seeding with its own seed, as `train` does, and reported under its
+    cell's id (see trainables/packed.py)."""
+    parsed = [parse_config(ClassifierConfig, c) for c in configs]
+    cfgs = [cfg for cfg, _ in parsed]
+    device, info = trial_device()
+    splits = make_splits(data[cfgs[0].dataset], cfgs[0], device)  # data keys are shared by the pack
+    models = []
+    for cfg, model_args in parsed:
+        torch.manual_seed(cfg.seed)  # initialization
+        models.append(build_model(cfg.model, **model_args).to(device))
+    report = tune_reporter({**info, "n_params": count_params(models[0]), "pack_size": len(models)})
+    train_split = splits.pop("train")
+    fit_packed(PackedModels(models), train_split, splits, cfgs, ids, report, resume=restored_state())
+
+
 def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.device) -> dict[str, datasets.Split]:
     """train / val (when val_size > 0) / test splits as indices into device tensors."""
     train_idx, val_idx = datasets.training_split(ds.train_y, cfg.train_size, cfg.val_size, cfg.data_seed)
@@ -133,4 +151,4 @@ def model_params(config: dict) -> int:
 
 
 register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train,
-                       count_params=model_params))
+                       count_params=model_params, train_packed=train_packed))

@@ -245,30 +245,17 @@ def fit(
             continue
 
         eval_started = time.perf_counter()
-        metrics: dict = {"epoch": epoch, "step": steps}
-        for name, split in {"train": train, **evals}.items():
-            result = evaluate_split(model, split, cfg.eval_batch_size, criterion=cfg.criterion)
-            metrics[f"{name}_loss"] = result.loss
-            if classify:
-                metrics[f"{name}_acc"] = result.acc
-            if classify and cfg.per_class and name == "test":
-                metrics.update({f"test_acc_{c}": acc for c, acc in enumerate(result.per_class_acc)})
+        results = {name: evaluate_split(model, split, cfg.eval_batch_size, criterion=cfg.criterion)
+                   for name, split in {"train": train, **evals}.items()}
+        probed = {}
         if epoch == last_epoch and cfg.probes and "test" in evals:
             from trainables.probes import run_probes
 
-            metrics.update(run_probes(cfg.probes, model, train, evals["test"], cfg))
+            probed = run_probes(cfg.probes, model, train, evals["test"], cfg)
         elapsed += time.perf_counter() - eval_started
-        if "test_acc" in metrics:
-            metrics["gap_acc"] = metrics["train_acc"] - metrics["test_acc"]
-        if "test_loss" in metrics:
-            metrics["gap_loss"] = metrics["test_loss"] - metrics["train_loss"]
-        metrics.update(
-            running_loss=running_loss,  # mean minibatch loss during the epoch (train mode)
-            weight_norm=weight_norm(model),
-            grad_norm=float(grad_norm_sum) / n_batches,  # mean over the epoch's steps
-            time_s=elapsed,  # wall seconds of training + evaluation so far
-            status="ok" if epoch == last_epoch else "running",
-        )
+        metrics = epoch_metrics(cfg, epoch, steps, results, probed, running_loss=running_loss,
+                                weight_norm=weight_norm(model), grad_norm=float(grad_norm_sum) / n_batches,
+                                elapsed=elapsed, final=epoch == last_epoch)
         if cfg.stop_grad_norm is not None:
             # the gradient norm that met the tolerance (or the last batch's), and whether it did
             metrics.update(converged=converged, last_grad_norm=float(grad_norm))
@@ -290,6 +277,34 @@ def fit(
         if converged:
             break
     return "ok"
+
+
+def epoch_metrics(cfg: EngineConfig, epoch: int, steps: int, results: Mapping[str, Evaluation], probed: dict, *,
+                  running_loss: float, weight_norm: float, grad_norm: float, elapsed: float, final: bool) -> dict:
+    """One evaluation's report in the output contract: per-split loss (and accuracy),
+    the gaps, the probes' measurements, the running loss, weight and gradient norms,
+    time and status. Shared by `fit` and the packed trainer (trainables/packed.py)."""
+    classify = cfg.criterion == "cross_entropy"
+    metrics: dict = {"epoch": epoch, "step": steps}
+    for name, result in results.items():
+        metrics[f"{name}_loss"] = result.loss
+        if classify:
+            metrics[f"{name}_acc"] = result.acc
+        if classify and cfg.per_class and name == "test":
+            metrics.update({f"test_acc_{c}": acc for c, acc in enumerate(result.per_class_acc)})
+    metrics.update(probed)
+    if "test_acc" in metrics:
+        metrics["gap_acc"] = metrics["train_acc"] - metrics["test_acc"]
+    if "test_loss" in metrics:
+        metrics["gap_loss"] = metrics["test_loss"] - metrics["train_loss"]
+    metrics.update(
+        running_loss=running_loss,  # mean minibatch loss during the epoch (train mode)
+        weight_norm=weight_norm,
+        grad_norm=grad_norm,  # mean over the epoch's steps
+        time_s=elapsed,  # wall seconds of training + evaluation so far
+        status="ok" if final else "running",
+    )
+    return metrics
 
 
 def _diverged_metrics(epoch: int, steps: int, elapsed: float, loss: float, evals: Mapping,

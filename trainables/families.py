@@ -7,6 +7,7 @@ A family supplies three functions:
   hyperparameter;
 - `load_data(configs) -> data`: read what all trials need, once, in the driver;
 - `train(config, data)`: run one trial inside Ray Tune (reports through `tune.report`).
+Optionally `count_params` (GPU shares) and `train_packed` (specs' `pack:`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class Family:
     # Parameters of the model a trial config builds; `resources: {gpu: auto}` sizes
     # the GPU share from it (None: a whole GPU per trial).
     count_params: Callable[[dict], int] | None = None
+    # `train_packed(configs, ids, data)`: several configs (differing only in
+    # trainables.packed.PER_MODEL_KEYS) trained together as one trial, reporting each
+    # under its id; None: the family does not support `pack:` in specs.
+    train_packed: Callable[[list[dict], list[str], Any], None] | None = None
 
 
 FAMILIES: Registry[Family] = Registry("family")

@@ -1,6 +1,6 @@
 """`weight_templates`: the ten 28x28 weight templates of a linear classifier, one row
 per value of a hyperparameter (weight decay by default), read from each trial's last
-checkpoint.
+checkpoint (a packed trial's checkpoint holds its cells' weights stacked).
 
     figures:
       - {kind: weight_templates, options: {row: weight_decay}}
@@ -21,9 +21,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.collect import trial_folders
+from analysis.collect import last_model_state
 from analysis.figures import _save, label, register_figure
-from trainables.checkpoint import last_checkpoint, load_state
 
 SIDE = 28  # MNIST images are 28x28, so each template is a 784-long weight row
 
@@ -58,12 +57,9 @@ def weight_templates(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict
         return None
     rows = []
     for _, trial in chosen_trials(trials, row).iterrows():
-        folders = trial_folders(study).get(str(trial["trial_id"]), [])
-        state_file = last_checkpoint(folders[-1]) if folders else None
-        if state_file is None:
-            continue
-        state = load_state(state_file)
-        rows.append((trial, templates(state["model"])))
+        state = last_model_state(study, str(trial["trial_id"]), trial.get("pack_id"))
+        if state is not None:
+            rows.append((trial, templates(state)))
     if not rows:
         return None
 

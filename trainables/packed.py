@@ -1,0 +1,347 @@
+"""Packed trials: K models of one architecture trained together, in one process.
+
+Small MLPs and CNNs leave a GPU (and a CPU core's vector units) mostly idle, and every
+Ray trial pays a process, its imports and its data. A spec's `pack: K` trains up to K
+grid cells that differ only in `PER_MODEL_KEYS` (seed, lr, weight_decay, momentum) as
+one trial: their weights are stacked (`torch.func.stack_module_state`), one
+`torch.func.vmap` of `torch.func.grad_and_value` runs all K models, forward and
+backward, on their own minibatches (batched matmuls / grouped convolutions). vmap-ing
+the per-model gradient (rather than back-propagating the sum of the K losses) yields
+each weight gradient in the weight's own layout: on CPU the summed-loss backward
+spent as long transposing [K, out, in] gradients as multiplying.
+
+Each model keeps what makes it its own run:
+- initialization: built after `torch.manual_seed(seed)`, exactly as an unpacked trial;
+- data order: its own permutation generator seeded with its seed, as in `engine.fit`;
+- hyperparameters: lr, weight decay and momentum are per-model tensors in the
+  optimizer below, which mirrors torch's SGD (heavy ball) and Adam update for update;
+- divergence: a model whose loss goes non-finite is reported diverged and the others
+  go on (independent slices: a NaN in one never reaches another's gradient).
+
+Packed and unpacked runs of a cell agree to float32 rounding (tests/test_packed.py:
+within 1e-5 after several epochs) except for
+- dropout: vmap draws each model's masks from one shared generator
+  (`randomness="different"`), so masks differ from an unpacked run's; statistically
+  the same, not bitwise;
+- nothing else: BatchNorm's running statistics are stacked buffers that vmap updates
+  per model, in place, exactly as each model alone would.
+
+Metrics are the engine's (`engine.epoch_metrics`), one dict per model, reported
+together under `members` (analysis/collect.py expands them into one row per cell).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.nn import functional as F
+
+from trainables.data import Split
+from trainables.engine import (
+    _DIVERGENCE_CHECK_STEPS, EngineConfig, Evaluation, _diverged_metrics, _rng_state, _set_rng_state, _StepLog,
+    epoch_metrics,
+)
+
+# Hyperparameters that may differ between the models of one pack (per-model tensors
+# or generators); every other config key must be equal (sweeps/packing.py groups by it).
+PER_MODEL_KEYS = ("seed", "lr", "weight_decay", "momentum")
+
+# Adam's constants (torch's defaults, which unpacked trials use too).
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+class PackedModels:
+    """K modules of one architecture as stacked parameters [K, ...] and buffers, and
+    a vmap-ed forward over them."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        if len({tuple((n, tuple(p.shape)) for n, p in m.state_dict().items()) for m in models}) != 1:
+            raise ValueError("packed models must share one architecture (same parameter names and shapes)")
+        self.k = len(models)
+        self.params, self.buffers = stack_module_state(list(models))
+        for p in self.params.values():
+            p.requires_grad_(False)  # gradients come from torch.func, not autograd's .grad
+        self._template = copy.deepcopy(models[0])  # rebuilt members start from this
+        self._skeleton = copy.deepcopy(models[0]).to("meta")  # structure only: weights come from `params`
+        per_model_grad = grad_and_value(self._loss, has_aux=True)
+        self._grad = vmap(per_model_grad, randomness="different")
+        self._grad_unpenalized = vmap(per_model_grad, in_dims=(0, 0, 0, 0, None), randomness="different")
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self._skeleton, (params, buffers), (x,))
+
+    def _loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None):
+        """One model's minibatch loss (plus l2 * ||w||^2, the "penalty" L2, if given)
+        to differentiate, and the loss alone."""
+        loss = F.cross_entropy(self._call(params, buffers, x), y)
+        if l2 is None:
+            return loss, loss
+        return loss + l2 * sum(p.square().sum() for p in params.values()), loss
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+        """Gradients {name: [K, ...]} and losses [K] of every model on its own batch
+        (x [K, B, ...], y [K, B]); `l2` [K]: each model's penalty strength, or None."""
+        self._skeleton.train(True)
+        grad = self._grad if l2 is not None else self._grad_unpenalized
+        grads, (_, losses) = grad(self.params, self.buffers, x, y, l2)
+        return grads, losses
+
+    def forward(self, x: torch.Tensor, *, training: bool, shared_input: bool = False) -> torch.Tensor:
+        """Outputs [K, B, ...]: x is [K, B, ...] (a batch per model) or, with
+        `shared_input`, [B, ...] (one batch for all, e.g. evaluation)."""
+        self._skeleton.train(training)
+        batched = vmap(self._call, in_dims=(0, 0, None if shared_input else 0), randomness="different")
+        return batched(self.params, self.buffers, x)
+
+    def weight_norms(self) -> torch.Tensor:
+        """L2 norm of each model's parameters, [K] (as engine.weight_norm per model)."""
+        with torch.no_grad():
+            return torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.flatten(1), dim=1) for p in self.params.values()]), dim=0)
+
+    def member(self, k: int) -> nn.Module:
+        """Model k as an ordinary module (a copy), e.g. for probes."""
+        module = copy.deepcopy(self._template)
+        module.load_state_dict(member_state(self.state_dict(), k))
+        return module
+
+    def state_dict(self) -> dict:
+        return {"params": {n: p.detach().clone() for n, p in self.params.items()},
+                "buffers": {n: b.clone() for n, b in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                self.params[name].copy_(value)
+            for name, value in state["buffers"].items():
+                self.buffers[name].copy_(value)
+
+
+def member_state(models_state: dict, k: int) -> dict:
+    """Model k's state_dict from a packed checkpoint's "models" entry (as
+    `PackedModels.state_dict` wrote it): what the model alone would have saved."""
+    return {name: t[k] for part in ("params", "buffers") for name, t in models_state[part].items()}
+
+
+def _per_model(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+
+def _expand(per_model: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[K] -> [K, 1, 1, ...] broadcastable against a stacked tensor `like`."""
+    return per_model.view(-1, *([1] * (like.dim() - 1)))
+
+
+class PackedOptimizer:
+    """torch's SGD (momentum, no dampening) or Adam, with lr, weight decay and
+    momentum as per-model tensors. The arithmetic follows torch's single-tensor
+    implementations step for step, so a model trains as it would alone (to rounding)."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor], cfgs: Sequence[EngineConfig]) -> None:
+        like = next(iter(params.values()))
+        self.params = params
+        self.kind = cfgs[0].optimizer
+        self.lr = _per_model([c.lr for c in cfgs], like)
+        self.momentum = _per_model([c.momentum for c in cfgs], like)
+        decay = [c.weight_decay if c.l2_mode == "optimizer" else 0.0 for c in cfgs]
+        self.decay = _per_model(decay, like) if any(decay) else None
+        self.steps = 0
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def step(self, grads: Mapping[str, torch.Tensor]) -> None:
+        # In-place ops with the per-model factors broadcast ([K, 1, ...]): the update
+        # is memory-bound on CPU, so no temporaries the size of the weights.
+        self.steps += 1
+        for name, p in self.params.items():
+            grad = grads[name]
+            if self.decay is not None:
+                grad = grad.addcmul(p, _expand(self.decay, p))
+            state = self.state.setdefault(name, {})
+            if self.kind == "sgd":
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.clone()  # torch: the first buffer is the gradient
+                else:
+                    state["momentum_buffer"].mul_(_expand(self.momentum, p)).add_(grad)
+                p.addcmul_(state["momentum_buffer"], _expand(self.lr, p), value=-1.0)
+                continue
+            beta1, beta2 = _ADAM_BETAS
+            if not state:
+                state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr / (1 - beta1 ** self.steps)
+            # torch: p -= step_size * m / (sqrt(v) / sqrt(bc2) + eps); here the step size
+            # divides the denominator instead (same value, one temporary fewer).
+            denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2 ** self.steps)).add_(_ADAM_EPS)
+            p.addcdiv_(exp_avg, denom.div_(_expand(step_size, p)), value=-1.0)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "state": {n: {k: v.clone() for k, v in s.items()} for n, s in self.state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        like = next(iter(self.params.values()))
+        self.steps = state["steps"]
+        self.state = {n: {k: v.to(like.device) for k, v in s.items()} for n, s in state["state"].items()}
+
+
+@torch.no_grad()
+def evaluate_packed(packed: PackedModels, split: Split, batch_size: int, num_classes: int = 10) -> list[Evaluation]:
+    """engine.evaluate_split for every model of the pack at once (eval mode), on the
+    same batches: one Evaluation per model."""
+    device = split.x.device
+    loss_sum = torch.zeros(packed.k, device=device)
+    correct = torch.zeros(packed.k, num_classes, device=device, dtype=torch.long)
+    count = torch.zeros(num_classes, device=device, dtype=torch.long)
+    for start in range(0, len(split), batch_size):
+        rows = split.idx[start : start + batch_size]
+        labels = split.labels(rows)
+        logits = packed.forward(split.inputs(rows), training=False, shared_input=True)  # [K, B, C]
+        losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(packed.k), reduction="none")
+        loss_sum += losses.view(packed.k, -1).sum(1)
+        hits = (logits.argmax(2) == labels).long()  # [K, B]
+        correct.index_add_(1, labels, hits)
+        count += torch.bincount(labels, minlength=num_classes)
+    n = len(split)
+    per_class = (correct.double() / count.double()).tolist()  # 0/0 -> NaN for absent classes
+    return [Evaluation(float(loss_sum[k]) / n, int(correct[k].sum()) / n, per_class[k]) for k in range(packed.k)]
+
+
+PackCallback = Callable[[dict, "dict | None"], None]
+
+
+def check_packable(cfgs: Sequence[EngineConfig]) -> None:
+    """Raise ValueError unless the configs differ only in PER_MODEL_KEYS and use
+    what the packed trainer supports."""
+    shared = [c.model_dump(exclude=set(PER_MODEL_KEYS)) for c in cfgs]
+    if any(s != shared[0] for s in shared):
+        differing = sorted(k for k in shared[0] if any(s[k] != shared[0][k] for s in shared))
+        raise ValueError(f"packed configs may differ only in {', '.join(PER_MODEL_KEYS)}; they differ in {differing}")
+    cfg = cfgs[0]
+    if cfg.criterion != "cross_entropy" or cfg.objective != "loss" or cfg.stop_grad_norm is not None:
+        raise ValueError("packed training is for classifiers minimizing their loss "
+                         "(criterion cross_entropy, objective loss, no stop_grad_norm)")
+
+
+def fit_packed(
+    packed: PackedModels,
+    train: Split,
+    evals: Mapping[str, Split],
+    cfgs: Sequence[EngineConfig],
+    names: Sequence[str],
+    on_epoch: PackCallback,
+    resume: dict | None = None,
+) -> dict[str, str]:
+    """`engine.fit` for a pack: model k trains with `cfgs[k]` and reports as `names[k]`.
+
+    After every evaluation `on_epoch(report, state)` gets {"epoch", "step", "time_s",
+    "status", "members": {name: engine metrics}} (a diverged model appears once, with
+    status "diverged", and not after) and a state dict to resume from. Returns each
+    model's final status ("ok" / "diverged")."""
+    check_packable(cfgs)
+    cfg, k = cfgs[0], packed.k
+    device = train.x.device
+    optimizer = PackedOptimizer(packed.params, cfgs)
+    order_rngs = [torch.Generator().manual_seed(c.seed) for c in cfgs]  # each model's data order
+    first_epoch, elapsed, steps = 1, 0.0, 0
+    status = {name: "running" for name in names}
+    if resume is not None:
+        packed.load_state_dict(resume["models"])
+        optimizer.load_state_dict(resume["optimizer"])
+        _set_rng_state(order_rngs[0], resume["rng"], device)  # the global (dropout) RNG too
+        for rng, state in zip(order_rngs, resume["rng"]["orders"]):
+            rng.set_state(state)
+        first_epoch, elapsed, steps, status = resume["epoch"] + 1, resume["elapsed_s"], resume["steps"], resume["status"]
+    penalty = None
+    if cfg.l2_mode == "penalty" and any(c.weight_decay > 0 for c in cfgs):
+        penalty = torch.tensor([c.weight_decay for c in cfgs], device=device)
+    step_logs = [_StepLog(cfg.log_every_steps) for _ in names]
+    last_epoch = cfg.last_epoch(len(train))
+
+    for epoch in range(first_epoch, last_epoch + 1):
+        started = time.perf_counter()
+        perms = torch.stack([train.idx[torch.randperm(len(train), generator=g).to(device)] for g in order_rngs])
+        loss_sum = torch.zeros(k, device=device)
+        grad_norm_sum = torch.zeros(k, device=device)
+        alive = torch.tensor([s == "running" for s in status.values()], device=device)
+        n_steps = 0
+        for start in range(0, len(train), cfg.batch_size):
+            rows = perms[:, start : start + cfg.batch_size]  # [K, B]: each model's own batch
+            inputs = train.inputs(rows.reshape(-1)).unflatten(0, rows.shape)
+            grads, losses = packed.train_step(inputs, train.labels(rows), penalty)  # losses [K]
+            grad_norm = torch.linalg.vector_norm(  # [K]: each model's gradient norm
+                torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads.values()]), dim=0)
+            optimizer.step(grads)
+            n_steps += 1
+            loss_sum += losses.detach()
+            grad_norm_sum += grad_norm
+            for log, loss_k, norm_k in zip(step_logs, losses, grad_norm):
+                log.add(steps + n_steps, loss_k, norm_k)
+            # Unlike engine.fit, one model's non-finite loss does not end the epoch (the
+            # others go on); only when every live model has diverged is the rest wasted.
+            if n_steps % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum[alive]).any():
+                break
+            if cfg.max_steps is not None and steps + n_steps >= cfg.max_steps:
+                break
+        steps += n_steps
+        elapsed += time.perf_counter() - started
+        running = (loss_sum / n_steps).tolist()
+        final = epoch == last_epoch
+        members: dict[str, dict] = {}
+        for i, name in enumerate(names):  # models that went non-finite report once, as diverged
+            if status[name] == "running" and not math.isfinite(running[i]):
+                status[name] = "diverged"
+                members[name] = _diverged_metrics(epoch, steps, elapsed, running[i], evals, True, step_logs[i].flush())
+        live = [i for i, name in enumerate(names) if status[name] == "running"]
+        if epoch % cfg.eval_every and not final and not members:
+            continue
+        if live and (final or not epoch % cfg.eval_every):
+            eval_started = time.perf_counter()
+            results = {name: evaluate_packed(packed, split, cfg.eval_batch_size)
+                       for name, split in {"train": train, **evals}.items()}
+            probed = [{} for _ in names]
+            if final and cfg.probes and "test" in evals:
+                from trainables.probes import run_probes
+
+                probed = [run_probes(cfg.probes, packed.member(i), train, evals["test"], cfgs[i]) if i in live else {}
+                          for i in range(k)]
+            elapsed += time.perf_counter() - eval_started
+            norms = packed.weight_norms().tolist()
+            for i in live:
+                name = names[i]
+                metrics = epoch_metrics(cfgs[i], epoch, steps, {s: r[i] for s, r in results.items()}, probed[i],
+                                        running_loss=running[i], weight_norm=norms[i],
+                                        grad_norm=float(grad_norm_sum[i]) / n_steps, elapsed=elapsed, final=final)
+                if step_logs[i]:
+                    metrics["steps"] = step_logs[i].flush()
+                if not math.isfinite(metrics["train_loss"]):
+                    status[name] = "diverged"
+                    metrics = _diverged_metrics(epoch, steps, elapsed, metrics["train_loss"], evals, True,
+                                                metrics.get("steps"))
+                elif final:
+                    status[name] = "ok"
+                members[name] = metrics
+        done = all(s != "running" for s in status.values())
+        state = {
+            "epoch": epoch,
+            "steps": steps,
+            "elapsed_s": elapsed,
+            "status": dict(status),
+            "models": packed.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": {**_rng_state(order_rngs[0], device), "orders": [g.get_state() for g in order_rngs]},
+        }
+        report = {"epoch": epoch, "step": steps, "time_s": elapsed, "status": "ok" if done else "running",
+                  "members": members}
+        on_epoch(report, state)
+        if done:
+            break
+    return status

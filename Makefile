@@ -8,16 +8,18 @@ PY := $(VENV)/bin/python
 PROFILE ?=
 RESULTS ?= results
 ARGS ?=
-profile_flag = $(if $(PROFILE),--profile $(PROFILE))
+PACK ?=
+profile_flag = $(if $(PROFILE),--profile $(PROFILE))$(if $(PACK), --pack $(PACK))
 study_name = $(1)$(if $(PROFILE),-$(PROFILE))
 
-.PHONY: setup sweep sweep-batch sweep-function report validate test clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
+.PHONY: setup sweep sweep-batch sweep-function report validate test bench clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
 
 help:
 	@echo "make sweep-wd [PROFILE=quick|smoke]    weight decay on an overparameterized CNN"
 	@echo "make sweep-lr [PROFILE=quick|smoke]    Optuna search over the learning rate of an MLP"
 	@echo "make sweep-NAME [PROFILE=...]           sweeps/NAME.yaml (see the README's study list)"
 	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec"
+	@echo "make sweep-NAME PACK=8                  train up to 8 grid cells per trial, vectorized (see README)"
 	@echo "make report STUDY=wd-quick              rebuild a study's tables and figures"
 	@echo "make validate                           check every spec and profile"
 	@echo "make cluster-up [WORKERS=1 CPUS=1]      a local multi-node Ray cluster (head + workers on 127.0.0.1)"
@@ -26,6 +28,7 @@ help:
 	@echo "make cluster-down                       stop the local cluster"
 	@echo "make docker-build | docker-run SPEC=... [PROFILE=...] | test-docker   the Docker image (see README)"
 	@echo "make test                               run the tests"
+	@echo "make bench                              the benchmarks (about 15 minutes; writes bench/results.json)"
 
 setup: $(VENV)/.installed
 
@@ -91,6 +94,11 @@ cluster-down: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+# Benchmarks (bench/): gensweep vs a notebook-style loop, the machine's matmul peak,
+# sweep overhead, concurrency, memory, packed trials. Wants an otherwise idle machine.
+bench: setup
+	$(PY) -m bench $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,49 @@
+"""gensweep's benchmarks: the engine against the notebook baseline and the machine's
+limit, and the sweep machinery's overhead, scaling and memory (issue 7).
+
+    python -m bench                       # all (make bench); writes bench/results.json and the README table
+    python -m bench --only datapath flops # some of them (results.json and README merge them in)
+    python -m bench --quick --only flops  # tiny sizes: plumbing only; writes nothing unless --out/--readme
+
+Every comparison is a ratio measured in the same run on the same machine; absolute
+times are context. A figure is the median of >= 5 repetitions after a warm-up, except
+where a benchmark says otherwise in its notes (whole-study benchmarks repeat fewer
+times; memory takes the worst trial).
+
+Adding a benchmark: write one module with
+
+    def run(reps: int, quick: bool) -> list[bench.record.Figure]
+
+that measures `reps` repetitions after a warm-up (`bench.record.repeat` does both),
+with tiny sizes when `quick`, and returns its figures: `Figure.of(name, reps_list,
+unit=..., target=..., higher_is_better=..., notes=...)` takes the median (or build
+`Figure(...)` with another statistic and say so in `notes`); `target=None` for context
+figures. Then add one line to BENCHMARKS below. Names of figures are unique across
+benchmarks. A benchmark that needs Ray starts and stops it itself
+(bench.raystudy.session does both; bench.raystudy.start_ray and run_once run one
+spec through sweeps.launcher.run_study, timed). EXPERIMENTS hold measurements that are not part of
+the default run (`--only NAME` runs them).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from bench import datapath, flops, memory, overhead, packing, scaling
+from bench.record import Figure
+
+Benchmark = Callable[[int, bool], list[Figure]]
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "datapath": datapath.run,  # 1. engine vs notebook epoch
+    "flops": flops.run,  # 2. training FLOP/s vs matmul peak
+    "overhead": overhead.run,  # 3. study wall vs ideal, 2 CPUs
+    "scaling": scaling.run,  # 4. one vs two trials at a time
+    "memory": memory.run,  # 5. trial RSS above an idle worker
+    "packing": packing.run,  # 6. packed trials vs one model per trial
+}
+
+EXPERIMENTS: dict[str, Benchmark] = {
+    "overhead_new_process": overhead.run_without_reuse,  # benchmark 3, a new worker process per trial
+    "scaling_new_process": scaling.run_without_reuse,  # benchmark 4, a new worker process per trial
+}

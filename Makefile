@@ -1,6 +1,6 @@
 # gensweep front door. Every target creates the virtualenv on first use.
 #   make sweep-wd PROFILE=quick     # the weight-decay study, 3-minute version
-#   make test                       # the test suite (10-13 minutes on 2 cores)
+#   make test                       # the test suite (9-13 minutes on 2 cores)
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -319,9 +319,14 @@ class Session:
 
 
 def start_ray(num_cpus: int) -> float:
-    """Start a local Ray as tests/test_gpu_packing.py does; seconds it took."""
+    """Start a local Ray as tests/test_gpu_packing.py does, with the launcher's
+    worker environment; seconds it took."""
     import ray
 
+    from sweeps.workerenv import WORKER_ENV
+
+    for key, value in WORKER_ENV.items():  # as the launcher's own Ray start does
+        os.environ.setdefault(key, value)
     started = time.perf_counter()
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     return time.perf_counter() - started

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sweeps.workerenv import WORKER_ENV
 from trainables.errors import UserError
 
 HOST = "127.0.0.1"
@@ -96,6 +97,8 @@ def _node_env() -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["RAY_AUTH_MODE"] = "token"  # the head requires it; workers and drivers present the token
     env.setdefault("MKL_THREADING_LAYER", "GNU")  # see sweeps/submit.py
+    for key, value in WORKER_ENV.items():  # trial processes inherit the node's environment
+        env.setdefault(key, value)
     return env
 
 

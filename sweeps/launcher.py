@@ -21,6 +21,7 @@ from typing import NamedTuple
 from analysis.collect import STUDY_FILE, TUNE_DIR  # the study folder's layout, named once
 from sweeps.packing import PACK_KEY, pack_cells, trial_size
 from sweeps.provenance import provenance
+from sweeps.workerenv import WORKER_ENV
 from sweeps import storage
 from sweeps.schema import Study, cell_id
 from sweeps.specyaml import SpecError
@@ -301,6 +302,8 @@ def _init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    for key, value in WORKER_ENV.items():  # a local Ray's workers inherit the driver's environment
+        os.environ.setdefault(key, value)
     # Trials' stdout is forwarded; Ray's own INFO chatter is not.
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     # After an interruption Tune lists every not-yet-started trial as "failed to fetch

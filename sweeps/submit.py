@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from sweeps.workerenv import WORKER_ENV
 from sweeps.schema import Study
 from sweeps.storage import is_uri
 from trainables.errors import UserError
@@ -37,7 +38,7 @@ UPLOAD_EXCLUDES = [".venv/", "results/", ".git/", "**/__pycache__/", "*.egg-info
                    "data/*/raw/*-ubyte", "data/FashionMNIST/", "bench/results*", "docker/*.tar"]
 # What the job's processes need in their environment. MKL_THREADING_LAYER: a Tune
 # driver importing torch inside a job otherwise died with "Intel oneMKL FATAL ERROR".
-JOB_ENV = {"MKL_THREADING_LAYER": "GNU", "PYTHONUNBUFFERED": "1", "RAY_AIR_NEW_OUTPUT": "0"}
+JOB_ENV = {"MKL_THREADING_LAYER": "GNU", "PYTHONUNBUFFERED": "1", "RAY_AIR_NEW_OUTPUT": "0", **WORKER_ENV}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 

@@ -82,16 +82,15 @@ def _compute_rates(reps: int, quick: bool) -> dict[int, list[float]]:
     import torch
 
     from trainables import data as D
+    from trainables.classifier import ClassifierConfig, make_splits
     from trainables.engine import EngineConfig, fit
     from trainables.models import build_model
     from trainables.packed import PackedModels, fit_packed
 
     torch.set_num_threads(1)
-    ds = D.load_dataset("mnist")
-    cpu = torch.device("cpu")
     sizes = QUICK if quick else FULL
-    idx, _ = D.training_split(ds.train_y, sizes["train_size"], 0, 0)
-    train = D.Split(D.as_tensor(ds.train_x, cpu), D.as_tensor(ds.train_y, cpu), torch.as_tensor(idx), ds.mean, ds.std)
+    data_cfg = ClassifierConfig(train_size=sizes["train_size"], test_size=sizes["test_size"])
+    train = make_splits(D.load_dataset("mnist"), data_cfg, torch.device("cpu"))["train"]  # as a trial builds it
 
     def models(k: int) -> tuple[list, list[EngineConfig]]:
         cfgs = [EngineConfig(optimizer="sgd", lr=0.05, weight_decay=1e-4 * i, seed=i, batch_size=64,

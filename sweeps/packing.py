@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from analysis.collect import PACK_KEY  # a packed trial's config key, named once (collect reads it)
 from trainables.packed import PER_MODEL_KEYS
-
-PACK_KEY = "pack"  # a packed trial's config key (see the module docstring)
 
 
 def _shared(cell: dict) -> str:

@@ -12,7 +12,7 @@ import time
 
 from ray import tune
 
-from sweeps.packing import trial_size
+from sweeps.packing import PACK_KEY, trial_size
 
 
 def _fmt(value) -> str:
@@ -35,8 +35,8 @@ class ProgressPrinter(tune.Callback):
         self.finished = 0
 
     def _label(self, trial) -> str:
-        if "pack" in trial.config:  # the values each varying key takes in the pack
-            cells = trial.config["pack"]["cells"]
+        if PACK_KEY in trial.config:  # the values each varying key takes in the pack
+            cells = trial.config[PACK_KEY]["cells"]
             spans = {k: list(dict.fromkeys(_fmt(c.get(k)) for c in cells)) for k in self.varying}
             return f"pack of {len(cells)}: " + " ".join(f"{k}={','.join(v)}" for k, v in spans.items())
         config = {**trial.config.get("cell", {}), **{k: v for k, v in trial.config.items() if k != "cell"}}
@@ -67,7 +67,7 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        if "pack" in trial.config:
+        if PACK_KEY in trial.config:
             self._count_finished(trials, trial, 0)
             for member_id, metrics in (last.get("members") or {}).items():
                 if metrics.get("status") != "diverged":  # diverged ones said so when they did
@@ -78,7 +78,7 @@ class ProgressPrinter(tune.Callback):
                   f"{self._outcome(last)}")
 
     def _cell_done(self, trial, member_id: str, metrics: dict) -> None:
-        pack = trial.config["pack"]
+        pack = trial.config[PACK_KEY]
         cell = pack["cells"][pack["ids"].index(member_id)]
         self.finished += 1
         self._say(f"[{self.study} {self._clock()}] {self.finished}/{self.total} done: {self._cell_label(cell)}: "
@@ -111,7 +111,7 @@ class ProgressPrinter(tune.Callback):
         running = [t for t in trials if t.status == "RUNNING"]
         for t in running:
             last = current_result if t is current else (t.last_result or {})
-            cell = t.config["pack"]["cells"][0] if "pack" in t.config else t.config.get("cell", {})
+            cell = t.config[PACK_KEY]["cells"][0] if PACK_KEY in t.config else t.config.get("cell", {})
             epochs = cell.get("epochs", "?")
             if "epoch" not in last:
                 self._say(f"    {self._label(t)}: starting")

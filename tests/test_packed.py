@@ -6,6 +6,7 @@ divergence, resume exactly, and appear in the results as one row per cell."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -239,6 +240,4 @@ def test_a_packed_study_reports_one_row_per_cell_like_the_unpacked_one(tmp_path)
 
 
 def _env() -> dict:
-    import os
-
     return {k: v for k, v in os.environ.items() if k != "GENSWEEP_RESULTS"}

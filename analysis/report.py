@@ -8,13 +8,18 @@ from __future__ import annotations
 import html
 import itertools
 import json
+import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import collect_tables, read_study
+from analysis.collect import collect_tables
 from analysis.figures import KINDS, default_figures, figure_name, label
+from trainables.errors import UserError
+from trainables.families import suggest
+from trainables.contract import HISTORY_FILE, REPORT_DIR, STEPS_FILE, TRIALS_FILE, expected_trials, require_record
 
 
 def figure_kinds() -> dict:
@@ -22,6 +27,21 @@ def figure_kinds() -> dict:
     import analysis.studies  # noqa: F401  (registers their kinds)
 
     return KINDS
+
+
+def check_figures(figures: list[dict], source: str) -> None:
+    """Refuse, in one line naming the spec file and key, a figure of an unknown kind
+    or a built-in kind without what it needs (`figures` as in the spec: dicts)."""
+    kinds = figure_kinds()
+    for i, fig in enumerate(figures):
+        kind = fig.get("kind")
+        if kind not in kinds:
+            raise UserError(f"{source}: figures[{i}].kind: unknown figure kind {kind!r}{suggest(str(kind), kinds)}; "
+                            f"known: {', '.join(sorted(kinds))}")
+        if kind in ("curves", "final") and not fig.get("y"):
+            raise UserError(f"{source}: figures[{i}].y: name at least one metric to plot")
+        if kind == "final" and fig.get("x") is None:
+            raise UserError(f"{source}: figures[{i}].x: a 'final' figure needs x (the hyperparameter on the x axis)")
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -80,16 +100,46 @@ def _listed(names: list[str], most: int = 12) -> str:
     return "; ".join(names[:most]) + (f"; and {len(names) - most} more" if len(names) > most else "")
 
 
-def _mean_std(mean: float, std: float) -> str:
-    """'mean ± std' to 4 decimals, or to 3 significant digits when the mean is below
-    0.01 (an MSE of 2e-4 would otherwise read 0.0002 ± 0.0000)."""
-    if mean != 0 and abs(mean) < 0.01:
-        return f"{mean:.3g} ± {std:.3g}"
-    return f"{mean:.4f} ± {std:.4f}"
+def column_format(values: Iterable[float]) -> str:
+    """One format spec for every number of a table column (means and stds alike),
+    from the column's magnitude: 4 decimals (accuracies: 0.9520); more, up to 6, when
+    the column's smallest nonzero value needs them for 3 significant digits (an MSE of
+    0.00943 next to 0.0175: 0.00943 and 0.01750, not 0.0094); scientific with 3
+    significant digits when that is still too few and every value is below 0.01
+    (1.23e-07); 1 decimal when every value is 100 or more (step counts)."""
+    sizes = [abs(float(v)) for v in values if pd.notna(v) and math.isfinite(v) and v != 0]
+    if not sizes:
+        return ".4f"
+    if min(sizes) >= 100:
+        return ".1f"
+    decimals = max(4, 2 - math.floor(math.log10(min(sizes))))
+    if decimals > 6:
+        if max(sizes) < 0.01:
+            return ".2e"
+        decimals = 6
+    return f".{decimals}f"
+
+
+def format_mean_std(mean: float, std: float, n: int, spec: str = ".4f") -> str:
+    """'mean ± std' in format `spec` (see `column_format`); the value alone when n is 1
+    (no spread was measured), 'n/a' when there is no value."""
+    if n < 1 or pd.isna(mean):
+        return "n/a"
+    if n == 1 or pd.isna(std):
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} ± {std:{spec}}"
+
+
+def mean_std_column(means: Sequence[float], stds: Sequence[float], counts: Sequence[int]) -> list[str]:
+    """A table column of `format_mean_std` texts, one format for all its rows."""
+    spec = column_format(means)
+    return [format_mean_std(m, s, int(n), spec) for m, s, n in zip(means, stds, counts)]
 
 
 def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
-    """Final metrics of ok trials as mean ± std over seeds, with n, per grid cell."""
+    """Final metrics of ok trials as mean ± std over seeds, with n, per grid cell
+    (the value alone where one trial was averaged); a search: one row per trial. Each
+    metric column has one number format (`column_format`)."""
     ok = trials[trials["status"] == "ok"]
     keys = [k for k in _varying(study) if k in ok]
     from trainables.families import get_family
@@ -102,15 +152,17 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
     if study["spec"].get("search"):
         table = ok[keys + ["epochs_done"] + metrics].sort_values(
             "final_val_acc" if "final_val_acc" in metrics else metrics[0], ascending=False)
-        table[metrics] = table[metrics].round(4)
+        for m in metrics:  # one trial per row: values alone, one format per column
+            table[m] = mean_std_column(list(table[m]), [float("nan")] * len(table), [1] * len(table))
         return table.rename(columns=lambda c: c.removeprefix("final_"))
     grouped = ok.groupby(keys, dropna=False) if keys else ok.assign(trials="all").groupby("trials")
     out = pd.DataFrame({"n": grouped.size()})
     if "n_params" in ok and ok["n_params"].nunique() > 1:  # capacity varies: say how much
         out["params"] = grouped["n_params"].first().astype(int)
     for m in metrics:
-        mean, std = grouped[m].mean(), grouped[m].std().fillna(0.0)
-        out[m.removeprefix("final_")] = [_mean_std(a, s) for a, s in zip(mean, std)]
+        # n per metric: the values averaged (a trial may lack one); n = 1 shows no ±
+        out[m.removeprefix("final_")] = mean_std_column(list(grouped[m].mean()), list(grouped[m].std()),
+                                                        list(grouped[m].count()))
     out = out.reset_index()
     # widths like "128-96" sort as text; order by size instead
     return out.sort_values("params", kind="stable") if "params" in out else out
@@ -120,18 +172,18 @@ def write_report(folder: Path) -> str:
     """Write history.parquet, trials.parquet and report/ (PNGs + index.html) for a
     study folder; returns a short text summary for the terminal."""
     folder = Path(folder)
-    study = read_study(folder)
+    study = require_record(folder)
     # Only the current spec's cells: trials of an earlier version of the spec (another
     # fixed value, a removed grid value) stay on disk but never mix into the figures.
     history, trials, steps = collect_tables(folder, study.get("cell_ids"))
-    report_dir = folder / "report"
+    report_dir = folder / REPORT_DIR
     report_dir.mkdir(exist_ok=True)
-    _write_parquet(history, folder / "history.parquet")
-    _write_parquet(trials, folder / "trials.parquet")
+    _write_parquet(history, folder / HISTORY_FILE)
+    _write_parquet(trials, folder / TRIALS_FILE)
     if not steps.empty:  # per-step records (engine option log_every_steps); figure kind `steps` reads them
-        _write_parquet(steps, folder / "steps.parquet")
+        _write_parquet(steps, folder / STEPS_FILE)
 
-    expected = study["spec"]["search"]["num_samples"] if study["spec"].get("search") else study["n_cells"]
+    expected = expected_trials(study)
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     missing = max(0, expected - len(trials)) + counts.get("incomplete", 0)
     figures = []

@@ -62,7 +62,7 @@ def run(reps: int, quick: bool) -> list[Figure]:
 
 def run_without_reuse(reps: int, quick: bool) -> list[Figure]:
     """An experiment: the same study with a new worker process per trial
-    (tune.TuneConfig(reuse_actors=False), Tune's default; the launcher reuses them)."""
+    (tune.TuneConfig(reuse_actors=False), Tune's default; sweeps/tuneconfig.py reuses them)."""
     overrides = (("reuse_actors", False),)
     session = raystudy.session(2, raystudy.ray_reps(reps, raystudy.CONCURRENT_REPS), quick, overrides)
     return [overhead_figure(session, reps, "sweep_overhead_ratio_new_process_per_trial", ", reuse_actors=False")]

@@ -4,17 +4,17 @@ Per-model training throughput of small MLPs (784-128-10, SGD, batch 64, 2,000 MN
 images, 2 epochs, 1,000 test images: the size of a quick profile's cell), measured
 two ways in the same run:
 
-- study: cells per second of wall time through `sweeps.launcher.run_study` on 2 CPUs
+- study: cells per second of wall time through `sweeps.runner.run_study` on 2 CPUs
   (Ray started once, before; each study writes its report, as users' studies do).
   One model per trial: 16 cells as 16 trials, 1 CPU each, two at a time. K=8: the
   same 16 cells as 2 packed trials, 1 CPU each, side by side. K=32: 32 cells as one
   packed trial with both CPUs. This is the comparison users see: a trial's process,
   imports, data, checkpoints and bookkeeping are paid once per pack.
 - compute: model-steps per second inside one process on one thread, `engine.fit` of
-  one model vs `packed.fit_packed` of K models (no Ray, no evaluation): what
+  one model vs `engine.fit` of a `PackedModels` of K models (no Ray, no evaluation): what
   vectorizing buys once trial overheads are gone. On a CPU a 784-128-10 step already
   keeps the core's vector units busy, so this stays near 1x; on a GPU a small
-  model's step is launch-bound and packing multiplies throughput (README).
+  model's step is launch-bound and packing multiplies throughput (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _compute_rates(reps: int, quick: bool) -> dict[int, list[float]]:
     from trainables.classifier import ClassifierConfig, make_splits
     from trainables.engine import EngineConfig, fit
     from trainables.models import build_model
-    from trainables.packed import PackedModels, fit_packed
+    from trainables.packed import PackedModels
 
     torch.set_num_threads(1)
     sizes = QUICK if quick else FULL
@@ -107,7 +107,7 @@ def _compute_rates(reps: int, quick: bool) -> dict[int, list[float]]:
         if k == 1:
             fit(built[0], train, {}, cfgs[0], lambda m, s: None)
         else:
-            fit_packed(PackedModels(built), train, {}, cfgs, [str(i) for i in range(k)], lambda r, s: None)
+            fit(PackedModels(built), train, {}, cfgs, lambda r, s: None, names=[str(i) for i in range(k)])
         steps = cfgs[0].epochs * -(-len(train) // 64)
         return k * steps / (time.perf_counter() - started)
 

@@ -1,4 +1,4 @@
-"""Running the benchmark grid through `sweeps.launcher.run_study`, timed and watched.
+"""Running the benchmark grid through `sweeps.runner.run_study`, timed and watched.
 
 Benchmarks 3-5 (overhead, scaling, memory) measure the same study: 16 cells
 (lr x weight decay x 4 seeds) of the 784-512-10 MLP, 2 epochs on all 60k MNIST
@@ -153,11 +153,11 @@ class MemorySampler:
 
 # ---- an idle worker: the memory baseline ------------------------------------------
 
-# What a trial process has imported by the time it trains: torch, Tune, the launcher
-# (which unpickles run_trial) and the family. torch._dynamo is imported by torch.optim
+# What a trial process has imported by the time it trains: torch, Tune, the Tune
+# configuration (which unpickles run_trial) and the family. torch._dynamo is imported by torch.optim
 # when a trial builds its first optimizer (sympy, triton, ...: about 150 MB RSS and
 # 1 s); every trial pays it, data or not, so the baseline has it too.
-IDLE_MODULES = ("torch", "ray.tune", "sweeps.launcher", "trainables.classifier", "trainables.engine",
+IDLE_MODULES = ("torch", "ray.tune", "sweeps.tuneconfig", "trainables.classifier", "trainables.engine",
                 "trainables.trial", "analysis.collect", "torch._dynamo")
 
 
@@ -241,7 +241,7 @@ class StudyRun:
 
 def _trial_pids(folder: Path) -> list[int]:
     """The process each trial ran in (Tune's `pid` in every result row)."""
-    from analysis.collect import read_rows, trial_folders
+    from trainables.contract import read_rows, trial_folders
 
     pids = set()
     for dirs in trial_folders(folder).values():
@@ -254,32 +254,27 @@ def run_once(spec: Path, results: Path, sample_memory: bool) -> StudyRun:
     """Run the study in `spec` into `results` (Ray already started) and time it."""
     import pandas as pd
 
-    import analysis.report
-    from sweeps.launcher import run_study
+    from analysis.report import write_report
+    from sweeps.runner import run_study
     from sweeps.schema import load_study
 
     study = load_study(spec)
     clock = TrialClock()
-    original_report = analysis.report.write_report
     report_s = [0.0]
 
     def timed_report(*args, **kwargs):
         started = time.perf_counter()
         try:
-            return original_report(*args, **kwargs)
+            return write_report(*args, **kwargs)
         finally:
             report_s[0] += time.perf_counter() - started
 
     log = io.StringIO()
     sampler = MemorySampler() if sample_memory else contextlib.nullcontext()
-    analysis.report.write_report = timed_report  # _finish imports it when it runs
-    try:
-        with sampler, TreeCpu() as cpu, contextlib.redirect_stdout(log):
-            called = time.monotonic()
-            outcome = run_study(study, results, progress_every=3600, callbacks=[clock])
-            wall = time.monotonic() - called
-    finally:
-        analysis.report.write_report = original_report
+    with sampler, TreeCpu() as cpu, contextlib.redirect_stdout(log):
+        called = time.monotonic()
+        outcome = run_study(study, results, progress_every=3600, callbacks=[clock], report=timed_report)
+        wall = time.monotonic() - called
     if outcome.exit_code != 0:
         raise RuntimeError(f"{spec.name}: study exit code {outcome.exit_code}; its output ended:\n{log.getvalue()[-3000:]}")
     folder = Path(outcome.folder)
@@ -319,13 +314,13 @@ class Session:
 
 
 def start_ray(num_cpus: int) -> float:
-    """Start a local Ray as tests/test_gpu_packing.py does, with the launcher's
+    """Start a local Ray as tests/test_gpu_packing.py does, with the runner's
     worker environment; seconds it took."""
     import ray
 
     from sweeps.workerenv import WORKER_ENV
 
-    for key, value in WORKER_ENV.items():  # as the launcher's own Ray start does
+    for key, value in WORKER_ENV.items():  # as the runner's own Ray start does
         os.environ.setdefault(key, value)
     started = time.perf_counter()
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
@@ -335,21 +330,21 @@ def start_ray(num_cpus: int) -> float:
 @contextlib.contextmanager
 def tune_config_overrides(overrides: tuple[tuple[str, object], ...]):
     """Run studies with some `tune.TuneConfig` fields changed (e.g. reuse_actors),
-    to measure a launcher setting without editing the launcher."""
+    to measure a Tune setting without editing sweeps/tuneconfig.py."""
     import dataclasses
 
-    import sweeps.launcher as launcher
+    from sweeps import tuneconfig
 
-    original = launcher._tune_config
+    original = tuneconfig.tune_config
 
     def patched(study):
         return dataclasses.replace(original(study), **dict(overrides))
 
-    launcher._tune_config = patched if overrides else original
+    tuneconfig.tune_config = patched if overrides else original
     try:
         yield
     finally:
-        launcher._tune_config = original
+        tuneconfig.tune_config = original
 
 
 @functools.cache

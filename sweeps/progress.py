@@ -12,7 +12,8 @@ import time
 
 from ray import tune
 
-from sweeps.packing import PACK_KEY, trial_size
+from sweeps.planner import trial_size
+from trainables.contract import CELL_KEY, MEMBERS_KEY, PACK_KEY, flat_config
 
 
 def _fmt(value) -> str:
@@ -30,6 +31,11 @@ class ProgressPrinter(tune.Callback):
     def __init__(self, study: str, varying: list[str], metric: str, total: int, interval: float = 20.0):
         self.study, self.varying, self.metric = study, varying, metric
         self.total, self.interval = total, interval
+        self.setup()
+
+    def setup(self, **info) -> None:
+        """Tune calls this when an experiment starts, also a restored one, whose
+        printer comes back from the experiment's pickle: this run's clock and counts."""
         self.started = time.monotonic()
         self.last_table = 0.0
         self.finished = 0
@@ -39,8 +45,7 @@ class ProgressPrinter(tune.Callback):
             cells = trial.config[PACK_KEY]["cells"]
             spans = {k: list(dict.fromkeys(_fmt(c.get(k)) for c in cells)) for k in self.varying}
             return f"pack of {len(cells)}: " + " ".join(f"{k}={','.join(v)}" for k, v in spans.items())
-        config = {**trial.config.get("cell", {}), **{k: v for k, v in trial.config.items() if k != "cell"}}
-        return self._cell_label(config)
+        return self._cell_label(flat_config(trial.config))
 
     def _cell_label(self, config: dict) -> str:
         return " ".join(f"{k}={_fmt(config.get(k))}" for k in self.varying)
@@ -53,7 +58,7 @@ class ProgressPrinter(tune.Callback):
         return f"{seconds // 60:02d}:{seconds % 60:02d}"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        for member_id, metrics in (result.get("members") or {}).items():
+        for member_id, metrics in (result.get(MEMBERS_KEY) or {}).items():
             if metrics.get("status") == "diverged":  # a packed cell ends while its pack goes on
                 self._cell_done(trial, member_id, metrics)
         if time.monotonic() - self.last_table >= self.interval:
@@ -69,7 +74,7 @@ class ProgressPrinter(tune.Callback):
         last = trial.last_result or {}
         if PACK_KEY in trial.config:
             self._count_finished(trials, trial, 0)
-            for member_id, metrics in (last.get("members") or {}).items():
+            for member_id, metrics in (last.get(MEMBERS_KEY) or {}).items():
                 if metrics.get("status") != "diverged":  # diverged ones said so when they did
                     self._cell_done(trial, member_id, metrics)
             return
@@ -111,7 +116,7 @@ class ProgressPrinter(tune.Callback):
         running = [t for t in trials if t.status == "RUNNING"]
         for t in running:
             last = current_result if t is current else (t.last_result or {})
-            cell = t.config[PACK_KEY]["cells"][0] if PACK_KEY in t.config else t.config.get("cell", {})
+            cell = t.config[PACK_KEY]["cells"][0] if PACK_KEY in t.config else t.config.get(CELL_KEY, {})
             epochs = cell.get("epochs", "?")
             if "epoch" not in last:
                 self._say(f"    {self._label(t)}: starting")
@@ -125,7 +130,7 @@ class ProgressPrinter(tune.Callback):
 def _progress_metrics(last: dict, metric: str) -> str:
     """The fit and the tracked metric of a running trial; for a pack, the range over
     its members."""
-    reports = list(last["members"].values()) if last.get("members") else [last]
+    reports = list(last[MEMBERS_KEY].values()) if last.get(MEMBERS_KEY) else [last]
     fit = "train_acc" if "train_acc" in reports[0] else "train_loss"  # regression families have no accuracy
 
     def span(key: str) -> str:

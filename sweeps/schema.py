@@ -102,7 +102,7 @@ class Scheduler(_Strict):
 class Resources(_Strict):
     cpu: PositiveFloat = 1.0  # per trial; torch uses this many threads
     # Per trial; fractions pack trials onto one GPU (0.25: four per GPU). "auto": a
-    # share from the model's parameter count (launcher.AUTO_GPU_SHARES), 0 without GPUs.
+    # share from the model's parameter count (runner.AUTO_GPU_SHARES), 0 without GPUs.
     gpu: NonNegativeFloat | Literal["auto"] = 0.0
 
 
@@ -369,21 +369,14 @@ def _where(key: str, spec: Spec, combo: dict[str, int], seed_index: int) -> str:
 
 
 def _check_figures(path: Path, spec: Spec, cells: list[dict]) -> None:
-    from analysis.report import figure_kinds
-
-    kinds = figure_kinds()
+    """The figures' columns name config keys. Whether each figure's kind exists and
+    has what it needs is analysis' to say (analysis.report.check_figures, which the
+    CLI calls after loading a spec: sweeps does not import analysis)."""
     known = set(cells[0]) | {"n_params", "epoch"} | (set(spec.search.space) if spec.search else set())
     for i, fig in enumerate(spec.figures):
-        if fig.kind not in kinds:
-            raise SpecError(f"{path}: figures[{i}].kind: unknown figure kind {fig.kind!r}{suggest(fig.kind, kinds)}; "
-                            f"known: {', '.join(sorted(kinds))}")
-        if fig.kind in ("curves", "final") and not fig.y:
-            raise SpecError(f"{path}: figures[{i}].y: name at least one metric to plot")
         for role in ("x", "hue", "col"):
             column = getattr(fig, role)
             if role == "x" and fig.kind == "curves":
                 continue  # a history column (epoch, step, alpha, ...), known only after running
             if column is not None and column not in known:
                 raise SpecError(f"{path}: figures[{i}].{role}: {column!r} is not a config key{suggest(column, known)}")
-        if fig.kind == "final" and fig.x is None:
-            raise SpecError(f"{path}: figures[{i}].x: a 'final' figure needs x (the hyperparameter on the x axis)")

@@ -13,31 +13,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.launcher import read_record, study_dir_for, varying_keys
+from sweeps.planner import study_dir_for, varying_keys
 from sweeps.schema import Study
+from trainables.contract import cell_status, read_cells, read_record
 
-# Trial status (analysis.collect) -> what the cell needs.
+# Cell status (trainables.contract.cell_status) -> what the cell needs.
 _STATE = {"ok": "done", "diverged": "done (diverged)", "error": "failed", "incomplete": "running"}
 
 
 def cell_states(study: Study, results: str | Path) -> pd.DataFrame:
     """One row per cell: its varying keys, trial_id, state and epochs done."""
-    from analysis.collect import collect_tables
-
     folder = study_dir_for(study, results, fresh=False)
     ids = study.cell_ids
-    trials = pd.DataFrame()
+    known = {}
     if Path(folder).exists() and read_record(folder) is not None:
-        trials = collect_tables(Path(folder), ids).trials
-    known = trials.set_index("trial_id") if len(trials) else pd.DataFrame()
+        known = {cell.trial_id: cell for cell in read_cells(Path(folder), ids)}
     keys = [k for k in varying_keys(study) if k in study.cells[0]]
     rows = []
     for trial_id, cell in zip(ids, study.cells):
         row = {k: _label(cell[k]) for k in keys}
-        if trial_id in known.index:
-            found = known.loc[trial_id]
-            row.update(trial_id=trial_id, state=_STATE.get(found["status"], found["status"]),
-                       epochs=f"{int(found.get('epochs_done', 0))}/{cell.get('epochs', '?')}")
+        found = known.get(trial_id)
+        if found is not None:
+            epochs = int(found.rows[-1].get("epoch", 0)) if found.rows else 0
+            status = cell_status(found)
+            row.update(trial_id=trial_id, state=_STATE.get(status, status), epochs=f"{epochs}/{cell.get('epochs', '?')}")
         else:
             row.update(trial_id=trial_id, state="missing", epochs=f"0/{cell.get('epochs', '?')}")
         rows.append(row)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sweeps.workerenv import WORKER_ENV
 from sweeps.schema import Study
-from sweeps.storage import is_uri
+from trainables.storage import is_uri
 from trainables.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent

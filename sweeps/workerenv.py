@@ -1,4 +1,4 @@
-"""Environment variables for the processes trials run in: set by the launcher for a
+"""Environment variables for the processes trials run in: set by the runner for a
 local Ray, by `sweeps.cluster` for its nodes and by `sweeps.submit` for a job."""
 
 # glibc gives each thread that allocates its own malloc arena and keeps freed memory

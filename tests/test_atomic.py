@@ -108,7 +108,7 @@ def test_checkpoint_writer_killed_halfway_keeps_the_previous_state(tmp_path):
 # --- study.json --------------------------------------------------------------------
 
 def test_study_record_write_failing_halfway_keeps_the_previous_record(tmp_path, monkeypatch):
-    from sweeps.launcher import read_record, write_record
+    from trainables.contract import read_record, write_record
 
     write_record(tmp_path, {"spec": {"name": "old"}, "n_cells": 1})
     before = (tmp_path / "study.json").read_bytes()
@@ -185,6 +185,7 @@ def _final_name(tmp: Path) -> Path:
     return tmp.with_name(tmp.name.replace(".tmp", ""))
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 @pytest.mark.parametrize("kind", ["parquet", "png", "html"])
 def test_report_write_failing_halfway_keeps_the_previous_files(smoke_study, tmp_path, monkeypatch, kind):
     from analysis.report import write_report
@@ -216,6 +217,7 @@ def test_report_write_failing_halfway_keeps_the_previous_files(smoke_study, tmp_
     assert _report_files(folder).keys() == before.keys()
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_report_of_a_half_finished_study_names_the_missing_trials(smoke_study, tmp_path):
     folder = tmp_path / "half"
     shutil.copytree(smoke_study, folder)

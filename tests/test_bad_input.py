@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple
 import pytest
 import yaml
 
+pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
+
 REPO = Path(__file__).resolve().parent.parent
 RAW = REPO / "data" / "MNIST" / "raw"
 
@@ -127,8 +129,8 @@ def _results_is_a_file(tmp: Path, spec: Path, results: Path) -> Setup:
 
 def _other_spec(tmp: Path, spec: Path, results: Path) -> Setup:
     """The study folder `badin` already holds another spec's study, recorded the way
-    the launcher records it (study.json with the validated spec)."""
-    from sweeps.launcher import write_record
+    the runner records it (study.json with the validated spec)."""
+    from trainables.contract import write_record
     from sweeps.schema import load_study
 
     other = load_study(REPO / "sweeps" / "lr.yaml", "smoke")  # a search over lr: not this grid

@@ -18,6 +18,8 @@ import pytest
 
 from sweeps import cluster as local_cluster
 
+pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
+
 REPO = Path(__file__).resolve().parent.parent
 SPEC = "sweeps/wd.yaml"
 

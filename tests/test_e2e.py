@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
+
 REPO = Path(__file__).resolve().parent.parent
 SPECS = sorted((REPO / "sweeps").glob("*.yaml"))
 

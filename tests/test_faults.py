@@ -30,7 +30,9 @@ from typing import Callable
 import pandas as pd
 import pytest
 
-from analysis.collect import read_rows, trial_folders
+from trainables.contract import read_rows, trial_folders
+
+pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,6 +26,8 @@ from sweeps import cluster
 from test_faults import (EXACT, Cli, descendants, kill_all, result_rows, start_time, still_running, trial_failures,
                          wait_until, write_spec)
 
+pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
+
 # cnn_small 8-8 on 10k images: about 1.5-3 s per epoch per core here, 3 epochs.
 NODE_STUDY = """\
 fixed: {model: cnn_small, channels: [8, 8], train_size: 10000, test_size: 200, batch_size: 32, epochs: 3, optimizer: sgd}

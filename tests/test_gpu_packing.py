@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps.launcher import AUTO_GPU_SHARES, auto_gpu_share
+from sweeps.runner import AUTO_GPU_SHARES, auto_gpu_share
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,8 @@ DRIVER = textwrap.dedent("""
     import json, sys
     import ray
     from ray.tune import Callback
-    from sweeps.launcher import run_study, trial_resources
+    from analysis.report import write_report
+    from sweeps.runner import run_study, trial_resources
     from sweeps.schema import load_study
 
     class Concurrency(Callback):
@@ -47,7 +48,8 @@ DRIVER = textwrap.dedent("""
 
     ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, logging_level="WARNING")
     auto = trial_resources(load_study(sys.argv[3]))
-    outcome = run_study(load_study(sys.argv[1]), sys.argv[2], callbacks=[Concurrency()], progress_every=600)
+    outcome = run_study(load_study(sys.argv[1]), sys.argv[2], callbacks=[Concurrency()], progress_every=600,
+                        report=write_report)
     print("RESULT " + json.dumps({"exit": outcome.exit_code, "folder": str(outcome.folder),
                                   "peak": Concurrency.peak, "auto_gpu": auto["gpu"]}))
 """)
@@ -67,6 +69,7 @@ def packed_run(tmp_path_factory):
     return json.loads(lines[-1][len("RESULT "):]), proc
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_eight_quarter_gpu_trials_run_at_once_four_per_gpu(packed_run):
     result, _ = packed_run
     assert result["exit"] == 0
@@ -76,6 +79,7 @@ def test_eight_quarter_gpu_trials_run_at_once_four_per_gpu(packed_run):
     assert sorted(trials["gpu_ids"]) == ["0"] * 4 + ["1"] * 4
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_without_cuda_trials_fall_back_to_cpu_with_one_warning_each(packed_run):
     result, proc = packed_run
     trials = pd.read_parquet(Path(result["folder"]) / "trials.parquet")
@@ -84,6 +88,7 @@ def test_without_cuda_trials_fall_back_to_cpu_with_one_warning_each(packed_run):
     assert len(warnings) == 8, warnings
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_gpu_auto_gives_small_models_an_eighth_of_a_gpu(packed_run):
     result, _ = packed_run
     assert result["auto_gpu"] == 0.125  # the 32-unit MLP has 25k parameters
@@ -95,6 +100,7 @@ def test_auto_share_rule():
     assert [share for _, share in AUTO_GPU_SHARES] == sorted(share for _, share in AUTO_GPU_SHARES)
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_more_gpus_than_the_cluster_has_is_refused_before_launch(tmp_path):
     spec = tmp_path / "greedy.yaml"
     spec.write_text(SPEC.format(gpu=1))

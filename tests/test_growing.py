@@ -60,6 +60,7 @@ def grown(tmp_path_factory):
     return results / "wd-smoke", first, status_before, second, third, bigger
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_a_grown_grid_trains_only_its_new_cells(grown):
     folder, first, _, second, _, bigger = grown
     assert "2 of 3 trials done and kept; training 1 more" in second.stdout
@@ -72,12 +73,14 @@ def test_a_grown_grid_trains_only_its_new_cells(grown):
     assert len(list((folder / "tune-2").glob("*/params.json"))) == 1
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_a_rerun_with_nothing_new_trains_nothing(grown):
     *_, third, _ = grown
     assert third.returncode == 0 and "all 3 trials are done" in third.stdout
     assert "starting" not in third.stdout and "resuming" not in third.stdout
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_status_names_done_and_missing_cells(grown):
     _, _, status_before, *_ = grown
     assert status_before.returncode == 0
@@ -87,6 +90,7 @@ def test_status_names_done_and_missing_cells(grown):
     assert len(missing) == 1 and missing[0].split()[0] == "0.001"
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_a_changed_fixed_value_makes_new_trials_and_never_mixes_them(grown, tmp_path):
     folder, *_ = grown
     longer = variant(tmp_path, "longer", ("fixed: {epochs: 1,", "fixed: {epochs: 2,"))

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from analysis.collect import last_model_state
-from sweeps.packing import pack_cells, pack_id
+from sweeps.planner import pack_cells, pack_id
 from sweeps.schema import load_study
 from sweeps.specyaml import SpecError
 from trainables.checkpoint import load_state, save_state
 from trainables.engine import EngineConfig, fit
 from trainables.models import build_model
-from trainables.packed import PackedModels, check_packable, fit_packed
+from trainables.packed import PackedModels, check_packable
 
 REPO = Path(__file__).resolve().parent.parent
 TOL = 1e-5
@@ -59,7 +59,7 @@ def packed(splits, spec, cfgs, resume=None) -> tuple[list[dict], list[dict], Pac
         reports.append(report)
         states.append(state)
 
-    fit_packed(models, train, {"test": test}, cfgs, [f"m{i}" for i in range(len(cfgs))], on_epoch, resume=resume)
+    fit(models, train, {"test": test}, cfgs, on_epoch, resume=resume, names=[f"m{i}" for i in range(len(cfgs))])
     return reports, states, models
 
 
@@ -109,7 +109,7 @@ def test_batchnorm_running_statistics_are_kept_per_model(splits):
     for i, cfg in enumerate(cfgs):
         expected, model = alone(splits, BN_CNN, cfg)
         assert_same(expected, reports, f"m{i}")
-        mine = models.member(i).state_dict()
+        mine = models.module(i).state_dict()
         for name, value in model.state_dict().items():
             if "running" in name or "num_batches" in name:
                 assert torch.allclose(mine[name].float(), value.float(), atol=TOL), (name, (mine[name].float() - value.float()).abs().max())
@@ -194,20 +194,23 @@ def test_pack_is_refused_with_a_search_a_scheduler_or_an_unpackable_family(tmp_p
 DRIVER = textwrap.dedent("""
     import sys
     import ray
-    from sweeps.launcher import packs_for, run_study
+    from analysis.report import write_report
+    from sweeps.planner import packs_for
+    from sweeps.runner import run_study
     from sweeps.schema import load_study
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     for spec in sys.argv[2:]:
         study = load_study(spec)
-        outcome = run_study(study, sys.argv[1], progress_every=600)
+        outcome = run_study(study, sys.argv[1], progress_every=600, report=write_report)
         assert outcome.exit_code == 0, spec
         if study.spec.pack > 1:  # a rerun of these packs would continue from their checkpoints
             packs = packs_for(study, study.cells, outcome.folder)
-            print("RESUMABLE", sum("_resume_from" in p for p in packs), len(packs))
+            print("RESUMABLE", sum("_resume_from" in p["cells"][0] for p in packs), len(packs))
 """)
 
 
+@pytest.mark.study  # runs a study on Ray: left out of `make test-fast`
 def test_a_packed_study_reports_one_row_per_cell_like_the_unpacked_one(tmp_path):
     results = tmp_path / "results"
     figures = "figures: [{kind: weight_templates}]"  # reads each cell's weights from its (packed) checkpoint

@@ -225,11 +225,11 @@ def test_cluster_up_starts_nodes_on_loopback_with_token_auth(tmp_path, monkeypat
 def test_in_process_ray_starts_without_a_dashboard(monkeypatch):
     import ray
 
-    from sweeps import launcher
+    from sweeps import runner
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    launcher._init_ray(None)
+    runner.init_ray(None)
     assert len(calls) == 1 and calls[0]["include_dashboard"] is False
     assert calls[0]["address"] is None  # no --address: a local Ray in this process

@@ -106,7 +106,7 @@ def test_a_classifier_logs_the_same_way_and_trains_the_same(make_splits):
 
 
 def write_study(folder: Path, trials: dict[str, tuple[dict, list[dict]]]) -> None:
-    """A study folder as the launcher leaves it: study.json, and per trial Tune's
+    """A study folder as a run leaves it: study.json, and per trial Tune's
     params.json and result.json (one JSON report per line, numbered)."""
     figure = {"kind": "steps", "y": [], "x": None, "hue": "lr", "col": None, "logx": False, "logy": True,
               "title": None, "options": {}}

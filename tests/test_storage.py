@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from sweeps import storage
+from trainables import storage
+
+pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ from trainables.engine import EngineConfig, fit
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, suggest, validate_model
 from trainables.models import MODELS, build_model, count_params
-from trainables.packed import PackedModels, fit_packed
+from trainables.packed import PackedModels
 from trainables.trial import restored_state, trial_device, tune_reporter
 
 
@@ -106,7 +106,7 @@ def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     model = build_model(cfg.model, **model_args).to(device)
     report = tune_reporter({**info, "n_params": count_params(model)})
     train_split = splits.pop("train")
-    fit(model, train_split, splits, cfg, report, resume=restored_state())
+    fit(model, train_split, splits, cfg, report, resume=restored_state(config))
 
 
 def train_packed(configs: list[dict], ids: list[str], data: dict[str, datasets.ImageData]) -> None:
@@ -123,7 +123,8 @@ def train_packed(configs: list[dict], ids: list[str], data: dict[str, datasets.I
         models.append(build_model(cfg.model, **model_args).to(device))
     report = tune_reporter({**info, "n_params": count_params(models[0]), "pack_size": len(models)})
     train_split = splits.pop("train")
-    fit_packed(PackedModels(models), train_split, splits, cfgs, ids, report, resume=restored_state())
+    # every cell of a pack carries the pack's checkpoint folder, if any
+    fit(PackedModels(models), train_split, splits, cfgs, report, resume=restored_state(configs[0]), names=ids)
 
 
 def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.device) -> dict[str, datasets.Split]:

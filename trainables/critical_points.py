@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call, hessian
 
 from trainables import function_fit as ff
+from trainables.contract import Report
 from trainables.engine import EngineConfig, fit
 from trainables.families import Family, register_family
 from trainables.models import count_params
@@ -170,8 +171,6 @@ def analyse(model: nn.Module, split: ff.TensorSplit) -> dict:
 # ---------------------------------------------------------------------------
 # The trial
 
-Report = Callable[[dict, "dict | None"], None]
-
 
 def _phase_configs(cfg: CriticalPointsConfig) -> tuple[EngineConfig, EngineConfig]:
     train = ff.engine_config(cfg.model_copy(update={"batch_size": batch_size(cfg)}))
@@ -193,7 +192,7 @@ def run(cfg: CriticalPointsConfig, model: nn.Module, splits: dict[str, ff.Tensor
     resume = resume or {"phase": "train"}
     offset = dict(resume.get("offset", {"step": 0, "epoch": 0, "time_s": 0.0}))
 
-    def reporter(phase: str) -> Callable[[dict, "dict | None"], None]:
+    def reporter(phase: str) -> Report:
         def on_epoch(metrics: dict, state: dict | None) -> None:
             row = {**metrics, "phase": phase, "step": metrics["step"] + offset["step"],
                    "epoch": metrics["epoch"] + offset["epoch"], "time_s": metrics["time_s"] + offset["time_s"]}
@@ -230,7 +229,7 @@ def train(config: dict, data: None) -> None:
     device, info = trial_device()
     splits = ff.make_splits(cfg, device)
     model = ff.new_model(cfg, device)
-    run(cfg, model, splits, tune_reporter({**info, "n_params": count_params(model)}), resume=restored_state())
+    run(cfg, model, splits, tune_reporter({**info, "n_params": count_params(model)}), resume=restored_state(config))
 
 
 register_family(Family(name="critical_points", validate=validate, load_data=ff.load_data, train=train,

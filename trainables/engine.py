@@ -1,11 +1,20 @@
-"""The one training loop for every study: classifiers and regressions.
+"""The one training loop for every torch study: classifiers and regressions, one
+model or a pack of K.
 
-`fit` trains a model on a `Split`, evaluates it on the whole training split (in eval
-mode) and on every other split it is given, and hands each epoch's metrics and a
-resumable state to a callback (the Tune glue turns that into `tune.report` with a
-checkpoint). Nothing here knows about Ray, so it is tested directly.
+`fit` trains on a `Split`, evaluates on the whole training split (in eval mode) and
+on every other split it is given, and hands each evaluation's metric row
+(`trainables.contract.metric_row`) and a resumable state to a callback (the Tune glue
+turns that into `tune.report` with a checkpoint). Nothing here knows about Ray, so it
+is tested directly.
 
     >>> status = fit(model, train, {"test": test}, EngineConfig(lr=0.01, epochs=2), on_epoch)
+
+What the loop steps is a `ModelSet`: `SingleModel` (an `nn.Module` and a torch
+optimizer; what `fit` makes of a module) or `trainables.packed.PackedModels` (K
+models of one architecture with stacked weights and a vmapped step, for a spec's
+`pack: K`):
+
+    >>> statuses = fit(PackedModels(modules), train, evals, cfgs, on_report, names=cell_ids)
 
 Options beyond plain classification:
 - `criterion="mse"`: regression. The split's `labels(rows)` are float targets shaped
@@ -22,13 +31,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Literal, Mapping, NamedTuple
+from typing import Literal, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
+from trainables.contract import Evaluation, Report, diverged_row, is_diverged, metric_row
 from trainables.data import Split
 
 
@@ -84,10 +94,8 @@ class EngineConfig(BaseModel):
 
 
 # How often (steps) to check the running loss for NaN/inf. Checking forces a device
-# sync, so not every step; a diverged trial wastes at most this many steps.
-_DIVERGENCE_CHECK_STEPS = 50
-
-EpochCallback = Callable[[dict, "dict | None"], None]
+# sync, so not every step; a diverged model wastes at most this many steps.
+DIVERGENCE_CHECK_STEPS = 50
 
 
 def make_optimizer(params, cfg: EngineConfig) -> torch.optim.Optimizer:
@@ -106,13 +114,7 @@ def weight_norm(model: nn.Module) -> float:
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(model.parameters())))))
 
 
-class Evaluation(NamedTuple):
-    loss: float  # mean cross-entropy (mean squared error for criterion "mse")
-    acc: float  # fraction correct, in [0, 1] (NaN for "mse")
-    per_class_acc: list[float]  # accuracy on each class's images (NaN for an absent class; [] for "mse")
-
-
-_CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
 
 @torch.no_grad()
@@ -154,202 +156,286 @@ def evaluate(model: nn.Module, split: Split, batch_size: int) -> tuple[float, fl
     return result.loss, result.acc
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    state = {"order": generator.get_state(), "torch": torch.get_rng_state()}
+def rng_state(generators: Sequence[torch.Generator], device: torch.device) -> dict:
+    """The data-order generators' states and the global RNG (dropout) as a checkpoint
+    holds them; `set_rng_state` puts them back."""
+    state = {"order": generators[0].get_state(), "torch": torch.get_rng_state()}
+    if len(generators) > 1:
+        state["orders"] = [g.get_state() for g in generators]
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(generator: torch.Generator, state: dict, device: torch.device) -> None:
-    generator.set_state(state["order"])
+def set_rng_state(generators: Sequence[torch.Generator], state: dict, device: torch.device) -> None:
+    for generator, order in zip(generators, state.get("orders") or [state["order"]]):
+        generator.set_state(order)
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class ModelSet:
+    """The K models `fit` steps together, each with its own config, data order and
+    optimizer state. `fit` calls, per epoch, `shuffle` then, per batch,
+    `gradients` and `update`; at an evaluation `evaluate`, `weight_norms` and
+    `module` (for probes); for checkpoints `state_dict` / `load_state_dict`.
+    Losses and gradient norms are device tensors of shape [K] (no sync per step)."""
+
+    k: int
+    cfgs: list[EngineConfig]
+
+    def prepare(self, cfgs: Sequence[EngineConfig], device: torch.device) -> None:
+        """Bind the configs (one per model): optimizers, data-order generators."""
+        raise NotImplementedError
+
+    def shuffle(self, train: Split) -> None:
+        """Draw this epoch's order of the training rows for every model."""
+        raise NotImplementedError
+
+    def gradients(self, train: Split, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward on batch [start, stop) of this epoch's order: (losses
+        [K], gradient L2 norms [K]); `update` then applies the step."""
+        raise NotImplementedError
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
+        raise NotImplementedError
+
+    def weight_norms(self) -> list[float]:
+        raise NotImplementedError
+
+    def module(self, i: int) -> nn.Module:
+        """Model i as an ordinary module (for probes)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class SingleModel(ModelSet):
+    """One `nn.Module` with a torch optimizer: K = 1. Supports every EngineConfig
+    option (L2 as a penalty, regression, the gradient-norm objective)."""
+
+    k = 1
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def prepare(self, cfgs: Sequence[EngineConfig], device: torch.device) -> None:
+        (cfg,) = cfgs
+        self.cfgs, self.device = [cfg], device
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
+        self.order_rng = torch.Generator().manual_seed(cfg.seed)  # data order, on CPU: same on any device
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.criterion = CRITERIA[cfg.criterion]
+        self.penalty = cfg.weight_decay if cfg.l2_mode == "penalty" and cfg.weight_decay > 0 else 0.0
+        self.model.train()
+
+    def shuffle(self, train: Split) -> None:
+        self.perm = train.idx[torch.randperm(len(train), generator=self.order_rng).to(train.idx.device)]
+
+    def gradients(self, train: Split, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.perm[start:stop]
+        loss = self.criterion(self.model(train.inputs(rows)), train.labels(rows))
+        objective = loss
+        if self.penalty:
+            objective = loss + self.penalty * sum(p.square().sum() for p in self.params)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfgs[0].objective == "loss":
+            objective.backward()
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.grad_norm_sq = None
+        else:  # descend on ||grad||^2: differentiate the gradient itself
+            grads = torch.autograd.grad(objective, self.params, create_graph=True)
+            self.grad_norm_sq = sum(g.square().sum() for g in grads)
+            grad_norm = self.grad_norm_sq.detach().sqrt()
+        return loss.detach().view(1), grad_norm.view(1)
+
+    def update(self) -> None:
+        if self.grad_norm_sq is not None:
+            self.grad_norm_sq.backward()
+        self.optimizer.step()
+
+    def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
+        return [evaluate_split(self.model, split, batch_size, criterion=self.cfgs[0].criterion)]
+
+    def weight_norms(self) -> list[float]:
+        return [weight_norm(self.model)]
+
+    def module(self, i: int) -> nn.Module:
+        return self.model
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state([self.order_rng], self.device)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state([self.order_rng], state["rng"], self.device)
+
+
 def fit(
-    model: nn.Module,
+    model: nn.Module | ModelSet,
     train: Split,
     evals: Mapping[str, Split],
-    cfg: EngineConfig,
-    on_epoch: EpochCallback,
+    cfg: EngineConfig | Sequence[EngineConfig],
+    on_epoch: Report,
     resume: dict | None = None,
-) -> Literal["ok", "diverged"]:
-    """Train `model` (already on the data's device) and report after every evaluation.
+    *,
+    names: Sequence[str] | None = None,
+) -> str | dict[str, str]:
+    """Train (the data and the models already on one device) and report after every
+    evaluation.
 
-    `on_epoch(metrics, state)` gets the output-contract metrics and a state dict
-    (model, optimizer, epoch, RNG states) from which `fit(..., resume=state)` continues
-    exactly where this run stood. On a non-finite loss it reports once with
-    `status="diverged"` and no state, then returns "diverged"."""
+    One model (`model` a module, `cfg` its config): `on_epoch(metrics, state)` gets
+    the output contract's metric row and a state dict from which `fit(...,
+    resume=state)` continues exactly where this run stood. On a non-finite loss it
+    reports once with status "diverged" and no state. Returns "ok" or "diverged".
+
+    A pack (`model` a ModelSet of K models, `cfg` one config per model, `names` the
+    name each reports under): `on_epoch(report, state)` gets {"epoch", "step",
+    "time_s", "status", "members": {name: metric row}}; a model that diverges
+    appears once, with status "diverged", and not after, while the others go on.
+    Returns {name: "ok" | "diverged"}."""
+    models = model if isinstance(model, ModelSet) else SingleModel(model)
+    cfgs = [cfg] if isinstance(cfg, EngineConfig) else list(cfg)
+    if len(cfgs) != models.k or (names is not None and len(names) != models.k) or (names is None and models.k > 1):
+        raise ValueError(f"fit: {models.k} model(s) need as many configs and, when more than one, names")
     device = train.x.device
-    optimizer = make_optimizer(model.parameters(), cfg)
-    order_rng = torch.Generator().manual_seed(cfg.seed)  # data order, on CPU: same on any device
-    first_epoch, elapsed, steps = 1, 0.0, 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        _set_rng_state(order_rng, resume["rng"], device)
-        first_epoch, elapsed, steps = resume["epoch"] + 1, resume["elapsed_s"], resume["steps"]
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    criterion = _CRITERIA[cfg.criterion]
+    models.prepare(cfgs, device)
+    cfg, k = cfgs[0], models.k  # what the models share: epochs, batches, evaluation, criterion
     classify = cfg.criterion == "cross_entropy"
-    step_log = _StepLog(cfg.log_every_steps)
+    first_epoch, elapsed, steps = 1, 0.0, 0
+    status = ["running"] * k
+    if resume is not None:
+        models.load_state_dict(resume)
+        first_epoch, elapsed, steps = resume["epoch"] + 1, resume["elapsed_s"], resume["steps"]
+        saved = resume.get("status") or status
+        status = [saved[n] for n in names] if isinstance(saved, dict) else list(saved)  # a dict: older packs
+    step_log = StepLog(cfg.log_every_steps, k)
+    last_epoch = cfg.last_epoch(len(train))
     converged = False
 
-    last_epoch = cfg.last_epoch(len(train))
     for epoch in range(first_epoch, last_epoch + 1):
         started = time.perf_counter()
-        perm = train.idx[torch.randperm(len(train), generator=order_rng).to(device)]
-        loss_sum = torch.zeros((), device=device)
-        grad_norm_sum = torch.zeros((), device=device)
+        models.shuffle(train)
+        loss_sum = torch.zeros(k, device=device)
+        grad_norm_sum = torch.zeros(k, device=device)
+        alive = torch.tensor([s == "running" for s in status], device=device)
         n_steps = 0
         n_batches = 0  # n_steps, plus the batch that met stop_grad_norm (no update)
-        for start in range(0, len(perm), cfg.batch_size):
-            rows = perm[start : start + cfg.batch_size]
-            loss = criterion(model(train.inputs(rows)), train.labels(rows))
-            objective = loss
-            if cfg.l2_mode == "penalty" and cfg.weight_decay > 0:
-                objective = loss + cfg.weight_decay * sum(p.square().sum() for p in params)
-            optimizer.zero_grad(set_to_none=True)
-            if cfg.objective == "loss":
-                objective.backward()
-                grads = [p.grad for p in params if p.grad is not None]
-                grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            else:  # descend on ||grad||^2: differentiate the gradient itself
-                grads = torch.autograd.grad(objective, params, create_graph=True)
-                grad_norm_sq = sum(g.square().sum() for g in grads)
-                grad_norm = grad_norm_sq.detach().sqrt()
-            grad_norm_sum += grad_norm
-            loss_sum += loss.detach()
+        for start in range(0, len(train), cfg.batch_size):
+            losses, grad_norms = models.gradients(train, start, start + cfg.batch_size)
+            grad_norm_sum += grad_norms
+            loss_sum += losses
             n_batches += 1
-            if cfg.stop_grad_norm is not None and float(grad_norm) < cfg.stop_grad_norm:
+            if cfg.stop_grad_norm is not None and float(grad_norms.max()) < cfg.stop_grad_norm:
                 converged = True  # before the update: the weights kept are the ones that met it
                 break
-            if cfg.objective == "grad_norm_sq":
-                grad_norm_sq.backward()
-            optimizer.step()
+            models.update()
             n_steps += 1
-            step_log.add(steps + n_steps, loss, grad_norm)
-            if n_steps % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
+            step_log.add(steps + n_steps, losses, grad_norms)
+            # A model's non-finite loss does not end the epoch of the others; once
+            # every live model has diverged the rest of it is wasted.
+            if n_steps % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum[alive]).any():
                 break
             if cfg.max_steps is not None and steps + n_steps >= cfg.max_steps:
                 break
         steps += n_steps
         elapsed += time.perf_counter() - started
-        running_loss = float(loss_sum) / n_batches
-        if not math.isfinite(running_loss):
-            on_epoch(_diverged_metrics(epoch, steps, elapsed, running_loss, evals, classify, step_log.flush()), None)
-            return "diverged"
-        if converged:
-            last_epoch = epoch  # this report is the last
-        if epoch % cfg.eval_every and epoch != last_epoch:
-            continue
+        running = (loss_sum / n_batches).tolist()
+        final = epoch == last_epoch or converged
+        position = {"epoch": epoch, "step": steps}
+        rows: dict[int, dict] = {}
+        for i in range(k):  # models whose loss went non-finite report once, as diverged
+            if status[i] == "running" and is_diverged(running[i]):
+                status[i] = "diverged"
+                rows[i] = diverged_row(position, ["train", *evals], running_loss=running[i], time_s=elapsed,
+                                       classify=classify, steps=step_log.take(i, last=True))
+        live = [i for i in range(k) if status[i] == "running"]
+        if live and (final or epoch % cfg.eval_every == 0):
+            eval_started = time.perf_counter()
+            results = {name: models.evaluate(split, cfg.eval_batch_size) for name, split in {"train": train, **evals}.items()}
+            probed = [{} for _ in range(k)]
+            if final and cfg.probes and "test" in evals:
+                from trainables.probes import run_probes
 
-        eval_started = time.perf_counter()
-        results = {name: evaluate_split(model, split, cfg.eval_batch_size, criterion=cfg.criterion)
-                   for name, split in {"train": train, **evals}.items()}
-        probed = {}
-        if epoch == last_epoch and cfg.probes and "test" in evals:
-            from trainables.probes import run_probes
-
-            probed = run_probes(cfg.probes, model, train, evals["test"], cfg)
-        elapsed += time.perf_counter() - eval_started
-        metrics = epoch_metrics(cfg, epoch, steps, results, probed, running_loss=running_loss,
-                                weight_norm=weight_norm(model), grad_norm=float(grad_norm_sum) / n_batches,
-                                elapsed=elapsed, final=epoch == last_epoch)
-        if cfg.stop_grad_norm is not None:
-            # the gradient norm that met the tolerance (or the last batch's), and whether it did
-            metrics.update(converged=converged, last_grad_norm=float(grad_norm))
-        if step_log:
-            metrics["steps"] = step_log.flush()
-        if not math.isfinite(metrics["train_loss"]):
-            on_epoch(_diverged_metrics(epoch, steps, elapsed, metrics["train_loss"], evals, classify,
-                                       metrics.get("steps")), None)
-            return "diverged"
-        state = {
-            "epoch": epoch,
-            "steps": steps,
-            "elapsed_s": elapsed,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(order_rng, device),
-        }
-        on_epoch(metrics, state)
-        if converged:
+                for i in live:
+                    probed[i] = run_probes(cfg.probes, models.module(i), train, evals["test"], cfgs[i])
+            elapsed += time.perf_counter() - eval_started
+            norms = models.weight_norms()
+            for i in live:
+                measures = {**probed[i], "running_loss": running[i],  # mean minibatch loss of the epoch (train mode)
+                            "weight_norm": norms[i], "grad_norm": float(grad_norm_sum[i]) / n_batches,  # mean over steps
+                            "time_s": elapsed}  # wall seconds of training + evaluation so far
+                if cfg.stop_grad_norm is not None:
+                    # the gradient norm that met the tolerance (or the last batch's), and whether it did
+                    measures.update(converged=converged, last_grad_norm=float(grad_norms[i]))
+                row = metric_row(position, {s: r[i] for s, r in results.items()}, classify=classify,
+                                 per_class=cfgs[i].per_class, measures=measures, status="ok" if final else "running")
+                records = step_log.take(i, last=final)
+                if records:
+                    row["steps"] = records
+                if is_diverged(row["train_loss"]):
+                    status[i] = "diverged"
+                    step_log.take(i, last=True)  # reports no more
+                    row = diverged_row(position, ["train", *evals], running_loss=row["train_loss"], time_s=elapsed,
+                                       classify=classify, steps=records)
+                elif final:
+                    status[i] = "ok"
+                rows[i] = row
+        if not rows:
+            continue  # not an evaluation epoch, and nobody diverged
+        done = all(s != "running" for s in status)
+        # No checkpoint once every model has diverged: nothing is left to continue.
+        state = None if all(s == "diverged" for s in status) else {
+            "epoch": epoch, "steps": steps, "elapsed_s": elapsed, "status": list(status), **models.state_dict()}
+        if names is None:
+            on_epoch(rows[0], state)
+        else:
+            on_epoch({"epoch": epoch, "step": steps, "time_s": elapsed, "status": "ok" if done else "running",
+                      "members": {names[i]: row for i, row in sorted(rows.items())}}, state)
+        if done:
             break
-    return "ok"
+    return status[0] if names is None else dict(zip(names, status))
 
 
-def epoch_metrics(cfg: EngineConfig, epoch: int, steps: int, results: Mapping[str, Evaluation], probed: dict, *,
-                  running_loss: float, weight_norm: float, grad_norm: float, elapsed: float, final: bool) -> dict:
-    """One evaluation's report in the output contract: per-split loss (and accuracy),
-    the gaps, the probes' measurements, the running loss, weight and gradient norms,
-    time and status. Shared by `fit` and the packed trainer (trainables/packed.py)."""
-    classify = cfg.criterion == "cross_entropy"
-    metrics: dict = {"epoch": epoch, "step": steps}
-    for name, result in results.items():
-        metrics[f"{name}_loss"] = result.loss
-        if classify:
-            metrics[f"{name}_acc"] = result.acc
-        if classify and cfg.per_class and name == "test":
-            metrics.update({f"test_acc_{c}": acc for c, acc in enumerate(result.per_class_acc)})
-    metrics.update(probed)
-    if "test_acc" in metrics:
-        metrics["gap_acc"] = metrics["train_acc"] - metrics["test_acc"]
-    if "test_loss" in metrics:
-        metrics["gap_loss"] = metrics["test_loss"] - metrics["train_loss"]
-    metrics.update(
-        running_loss=running_loss,  # mean minibatch loss during the epoch (train mode)
-        weight_norm=weight_norm,
-        grad_norm=grad_norm,  # mean over the epoch's steps
-        time_s=elapsed,  # wall seconds of training + evaluation so far
-        status="ok" if final else "running",
-    )
-    return metrics
+class StepLog:
+    """Per-step loss and gradient norm of step 1 and every n-th step for K models,
+    kept as device tensors (no sync per step) and converted to lists when a model
+    reports (`take`)."""
 
-
-def _diverged_metrics(epoch: int, steps: int, elapsed: float, loss: float, evals: Mapping,
-                      classify: bool = True, step_records: dict | None = None) -> dict:
-    """The last report of a diverged trial: every metric the trial would report, as
-    NaN (a search or scheduler still finds its metric), and the status; with the
-    per-step records since the last report (they show the blow-up), if any."""
-    nan = float("nan")
-    metrics = {"epoch": epoch, "step": steps, "running_loss": loss, "time_s": elapsed, "status": "diverged"}
-    for name in ("train", *evals, "gap"):
-        metrics[f"{name}_loss"] = nan
-        if classify:
-            metrics[f"{name}_acc"] = nan
-    metrics.update(weight_norm=nan, grad_norm=nan)
-    if step_records:
-        metrics["steps"] = step_records
-    return metrics
-
-
-class _StepLog:
-    """Per-step loss and gradient norm of step 1 and every n-th step, kept as device
-    tensors (no sync per step) and converted to lists once per report."""
-
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, k: int = 1) -> None:
         self.every = every
         self.step: list[int] = []
-        self.values: list[torch.Tensor] = []  # stacked [loss, grad_norm] per logged step
+        self.values: list[torch.Tensor] = []  # [2, K] per logged step: losses, gradient norms
+        self.taken: list[int | None] = [0] * k  # per model: entries reported so far; None: reports no more
 
-    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, step: int, losses: torch.Tensor, grad_norms: torch.Tensor) -> None:
         if self.every and (step % self.every == 0 or step == 1):
             self.step.append(step)
-            self.values.append(torch.stack([loss.detach().float(), grad_norm.float()]))
+            self.values.append(torch.stack([losses.detach().float(), grad_norms.float()]))
 
-    def __bool__(self) -> bool:
-        return bool(self.step)
-
-    def flush(self) -> dict | None:
-        """{"step": [...], "loss": [...], "grad_norm": [...]} since the last flush
-        (the `steps` report key of the shared contract), or None when empty."""
-        if not self.step:
-            return None
-        loss, grad_norm = torch.stack(self.values).cpu().double().T.tolist()
-        out = {"step": self.step, "loss": loss, "grad_norm": grad_norm}
-        self.step, self.values = [], []
+    def take(self, i: int, last: bool = False) -> dict | None:
+        """Model i's {"step": [...], "loss": [...], "grad_norm": [...]} since it last
+        reported (the `steps` report key of the contract), or None when empty.
+        `last`: model i reports no more (ended or diverged)."""
+        first = self.taken[i]
+        self.taken[i] = None if last else len(self.step)
+        out = None
+        if first is not None and first < len(self.step):
+            loss, grad_norm = torch.stack(self.values[first:])[:, :, i].cpu().double().T.tolist()
+            out = {"step": self.step[first:], "loss": loss, "grad_norm": grad_norm}
+        reporting = [t for t in self.taken if t is not None]
+        if not reporting or min(reporting) == len(self.step):  # every reporting model has these: drop them
+            self.step, self.values = [], []
+            self.taken = [None if t is None else 0 for t in self.taken]
         return out

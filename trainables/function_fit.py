@@ -247,7 +247,7 @@ def train(config: dict, data: None) -> None:
     model = new_model(cfg, device)
     report = tune_reporter({**info, "n_params": count_params(model)})
     fit(model, splits["train"], {"test": splits["test"]}, engine_config(cfg), with_curve(report, model, cfg, device),
-        resume=restored_state())
+        resume=restored_state(config))
 
 
 register_family(Family(name="function_fit", validate=validate, load_data=load_data, train=train,

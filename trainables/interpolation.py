@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from torch import nn
 from trainables import classifier
 from trainables.classifier import ClassifierConfig, make_splits, parse_config
 from trainables.data import Split
+from trainables.contract import Report, metric_row
 from trainables.engine import EngineConfig, evaluate_split, fit, weight_norm
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, validate_model
@@ -210,8 +211,6 @@ def param_distance(theta_a: dict[str, torch.Tensor], theta_b: dict[str, torch.Te
 # ---------------------------------------------------------------------------
 # The trial
 
-Report = Callable[[dict, "dict | None"], None]
-
 # Seed offset for B's initialization when same_init is false, far from the seeds
 # a spec lists, so B's init is not another trial's A init.
 _B_INIT_SEED_OFFSET = 1_000_003
@@ -271,16 +270,9 @@ def evaluate_alpha(model: nn.Module, theta_a: dict, theta_b: dict, alpha: float,
     gaps, weight norm)."""
     model.load_state_dict(interpolate(theta_a, theta_b, alpha))
     recompute_batchnorm(model, splits["train"], cfg.eval_batch_size)
-    row: dict = {"epoch": cfg.epochs, "phase": "interpolation", "alpha": alpha}
-    for name, split in splits.items():
-        result = evaluate_split(model, split, cfg.eval_batch_size)
-        row[f"{name}_loss"], row[f"{name}_acc"] = result.loss, result.acc
-        if cfg.per_class and name == "test":
-            row.update({f"test_acc_{c}": acc for c, acc in enumerate(result.per_class_acc)})
-    row["gap_acc"] = row["train_acc"] - row["test_acc"]
-    row["gap_loss"] = row["test_loss"] - row["train_loss"]
-    row["weight_norm"] = weight_norm(model)
-    return row
+    evaluations = {name: evaluate_split(model, split, cfg.eval_batch_size) for name, split in splits.items()}
+    return metric_row({"epoch": cfg.epochs, "phase": "interpolation", "alpha": alpha}, evaluations,
+                      per_class=cfg.per_class, measures={"weight_norm": weight_norm(model)}, status=None)
 
 
 def run(cfg: InterpolationConfig, model_args: dict, splits: dict[str, Split], report: Report,
@@ -336,7 +328,7 @@ def train(config: dict, data: dict) -> None:
     device, info = trial_device()
     splits = make_splits(data[cfg.dataset], cfg, device)
     n_params = count_params(build_model(cfg.model, **model_args))
-    run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state())
+    run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state(config))
 
 
 register_family(Family(name="interpolation", validate=validate, load_data=classifier.load_data, train=train,

@@ -33,6 +33,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from trainables import classifier
 from trainables import data as datasets
+from trainables.contract import Evaluation, Report, diverged_row, is_diverged, metric_row
 from trainables.classifier import DataConfig
 from trainables.families import Family, register_family, validate_model
 from trainables.trial import restored_state, trial_device, tune_reporter
@@ -212,9 +213,6 @@ def epoch_order(generator: torch.Generator, split: ArraySplit) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # The trial
 
-Report = Callable[[dict, "dict | None"], None]
-
-
 def run(cfg: NumpyMLPConfig, net: NumpyMLP, splits: dict[str, ArraySplit], report: Report,
         resume: dict | None = None) -> Literal["ok", "diverged"]:
     """Train `net` by minibatch gradient descent; evaluate and report every
@@ -245,28 +243,29 @@ def run(cfg: NumpyMLPConfig, net: NumpyMLP, splits: dict[str, ArraySplit], repor
                 log["step"].append(steps)
                 log["loss"].append(loss)
                 log["grad_norm"].append(grad_norm)
-            if not math.isfinite(loss):
+            if is_diverged(loss):
                 break
         elapsed += time.perf_counter() - started
         running_loss = loss_sum / n_steps
         last = epoch == cfg.epochs
-        if not math.isfinite(running_loss):
-            report(_diverged(epoch, steps, elapsed, running_loss, splits), None)
+        position = {"epoch": epoch, "step": steps}
+        if is_diverged(running_loss):
+            report(diverged_row(position, list(splits), running_loss=running_loss, time_s=elapsed,
+                                steps=log if log["step"] else None), None)
             return "diverged"
         if epoch % cfg.eval_every and not last:
             continue
         eval_started = time.perf_counter()
-        metrics: dict = {"epoch": epoch, "step": steps}
+        evaluations, confusions = {}, {}
         for name, split in splits.items():
             loss, acc, confusion = evaluate(net, split, cfg.eval_batch_size)
-            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = loss, acc
+            evaluations[name] = Evaluation(loss, acc, [])
             if last and name in ("train", "test"):
-                metrics["confusion" if name == "test" else "train_confusion"] = confusion.tolist()
+                confusions["confusion" if name == "test" else "train_confusion"] = confusion.tolist()
         elapsed += time.perf_counter() - eval_started
-        metrics.update(gap_acc=metrics["train_acc"] - metrics["test_acc"],
-                       gap_loss=metrics["test_loss"] - metrics["train_loss"],
-                       running_loss=running_loss, weight_norm=weight_norm(net.params),
-                       grad_norm=grad_norm_sum / n_steps, time_s=elapsed, status="ok" if last else "running")
+        metrics = metric_row(position, evaluations, status="ok" if last else "running", measures={
+            **confusions, "running_loss": running_loss, "weight_norm": weight_norm(net.params),
+            "grad_norm": grad_norm_sum / n_steps, "time_s": elapsed})
         if log["step"]:
             metrics["steps"] = log
             log = {"step": [], "loss": [], "grad_norm": []}
@@ -274,15 +273,6 @@ def run(cfg: NumpyMLPConfig, net: NumpyMLP, splits: dict[str, ArraySplit], repor
                  "params": [torch.from_numpy(p.copy()) for p in net.params]}
         report(metrics, state)
     return "ok"
-
-
-def _diverged(epoch: int, steps: int, elapsed: float, loss: float, splits: dict) -> dict:
-    nan = float("nan")
-    metrics = {"epoch": epoch, "step": steps, "running_loss": loss, "time_s": elapsed, "status": "diverged",
-               "weight_norm": nan, "grad_norm": nan}
-    for name in (*splits, "gap"):
-        metrics.update({f"{name}_loss": nan, f"{name}_acc": nan})
-    return metrics
 
 
 def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
@@ -294,7 +284,7 @@ def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     splits = classifier.make_splits(data[cfg.dataset], cfg, torch.device("cpu"))
     arrays = {name: ArraySplit(split) for name, split in splits.items()}
     net = NumpyMLP([INPUTS, *cfg.hidden, NUM_CLASSES], cfg.activation, cfg.seed)
-    run(cfg, net, arrays, tune_reporter({**info, "n_params": net.n_params}), resume=restored_state())
+    run(cfg, net, arrays, tune_reporter({**info, "n_params": net.n_params}), resume=restored_state(config))
 
 
 register_family(Family(name="numpy_mlp", validate=validate, load_data=classifier.load_data, train=train))

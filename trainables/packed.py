@@ -1,4 +1,4 @@
-"""Packed trials: K models of one architecture trained together, in one process.
+"""Packed trials: K models of one architecture stepped together by `engine.fit`.
 
 Small MLPs and CNNs leave a GPU (and a CPU core's vector units) mostly idle, and every
 Ray trial pays a process, its imports and its data. A spec's `pack: K` trains up to K
@@ -26,27 +26,28 @@ within 1e-5 after several epochs) except for
 - nothing else: BatchNorm's running statistics are stacked buffers that vmap updates
   per model, in place, exactly as each model alone would.
 
-Metrics are the engine's (`engine.epoch_metrics`), one dict per model, reported
-together under `members` (analysis/collect.py expands them into one row per cell).
+`PackedModels` is the engine's `ModelSet` for K models: `engine.fit` runs the one
+training loop (epochs, batches, evaluation cadence, divergence, probes, checkpoints,
+reports), and reports one metric row per model under `members` (the contract's
+MEMBERS_KEY; analysis expands them into one row per cell).
+
+    >>> fit(PackedModels(modules), train, {"test": test}, cfgs, on_report, names=cell_ids)
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.nn import functional as F
 
+from trainables.contract import Evaluation
 from trainables.data import Split
-from trainables.engine import (
-    _DIVERGENCE_CHECK_STEPS, EngineConfig, Evaluation, _diverged_metrics, _rng_state, _set_rng_state, _StepLog,
-    epoch_metrics,
-)
+from trainables.engine import EngineConfig, ModelSet, rng_state, set_rng_state
 
 # Hyperparameters that may differ between the models of one pack (per-model tensors
 # or generators); every other config key must be equal (sweeps/packing.py groups by it).
@@ -57,9 +58,9 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 
 
-class PackedModels:
-    """K modules of one architecture as stacked parameters [K, ...] and buffers, and
-    a vmap-ed forward over them."""
+class PackedModels(ModelSet):
+    """K modules of one architecture as stacked parameters [K, ...] and buffers, a
+    vmap-ed forward and gradient over them, and a per-model optimizer."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         if len({tuple((n, tuple(p.shape)) for n, p in m.state_dict().items()) for m in models}) != 1:
@@ -73,6 +74,65 @@ class PackedModels:
         per_model_grad = grad_and_value(self._loss, has_aux=True)
         self._grad = vmap(per_model_grad, randomness="different")
         self._grad_unpenalized = vmap(per_model_grad, in_dims=(0, 0, 0, 0, None), randomness="different")
+
+    # -- the engine's ModelSet --------------------------------------------------
+
+    def prepare(self, cfgs: Sequence[EngineConfig], device: torch.device) -> None:
+        check_packable(cfgs)
+        self.cfgs, self.device = list(cfgs), device
+        self.optimizer = PackedOptimizer(self.params, cfgs)
+        self.order_rngs = [torch.Generator().manual_seed(c.seed) for c in cfgs]  # each model's data order
+        cfg = cfgs[0]
+        self.penalty = None
+        if cfg.l2_mode == "penalty" and any(c.weight_decay > 0 for c in cfgs):
+            self.penalty = torch.tensor([c.weight_decay for c in cfgs], device=device)
+
+    def shuffle(self, train: Split) -> None:
+        device = train.idx.device
+        self.perms = torch.stack([train.idx[torch.randperm(len(train), generator=g).to(device)] for g in self.order_rngs])
+
+    def gradients(self, train: Split, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.perms[:, start:stop]  # [K, B]: each model's own batch
+        inputs = train.inputs(rows.reshape(-1)).unflatten(0, rows.shape)
+        self.grads, losses = self.train_step(inputs, train.labels(rows), self.penalty)  # losses [K]
+        grad_norms = torch.linalg.vector_norm(  # [K]: each model's gradient norm
+            torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads.values()]), dim=0)
+        return losses.detach(), grad_norms
+
+    def update(self) -> None:
+        self.optimizer.step(self.grads)
+
+    def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
+        return evaluate_packed(self, split, batch_size)
+
+    def weight_norms(self) -> list[float]:
+        """L2 norm of each model's parameters (as engine.weight_norm per model)."""
+        with torch.no_grad():
+            return torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.flatten(1), dim=1) for p in self.params.values()]),
+                dim=0).tolist()
+
+    def module(self, i: int) -> nn.Module:
+        """Model i as an ordinary module (a copy), e.g. for probes."""
+        module = copy.deepcopy(self._template)
+        module.load_state_dict(member_state(self.weights(), i))
+        return module
+
+
+    def state_dict(self) -> dict:
+        return {"models": self.weights(), "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state(self.order_rngs, self.device)}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, value in state["models"]["params"].items():
+                self.params[name].copy_(value)
+            for name, value in state["models"]["buffers"].items():
+                self.buffers[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(self.order_rngs, state["rng"], self.device)  # the global (dropout) RNG too
+
+    # -- the vectorized model ---------------------------------------------------
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self._skeleton, (params, buffers), (x,))
@@ -100,28 +160,10 @@ class PackedModels:
         batched = vmap(self._call, in_dims=(0, 0, None if shared_input else 0), randomness="different")
         return batched(self.params, self.buffers, x)
 
-    def weight_norms(self) -> torch.Tensor:
-        """L2 norm of each model's parameters, [K] (as engine.weight_norm per model)."""
-        with torch.no_grad():
-            return torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.flatten(1), dim=1) for p in self.params.values()]), dim=0)
-
-    def member(self, k: int) -> nn.Module:
-        """Model k as an ordinary module (a copy), e.g. for probes."""
-        module = copy.deepcopy(self._template)
-        module.load_state_dict(member_state(self.state_dict(), k))
-        return module
-
-    def state_dict(self) -> dict:
+    def weights(self) -> dict:
+        """The stacked weights as a checkpoint's "models" entry (`member_state` reads one model's)."""
         return {"params": {n: p.detach().clone() for n, p in self.params.items()},
                 "buffers": {n: b.clone() for n, b in self.buffers.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                self.params[name].copy_(value)
-            for name, value in state["buffers"].items():
-                self.buffers[name].copy_(value)
 
 
 def member_state(models_state: dict, k: int) -> dict:
@@ -215,9 +257,6 @@ def evaluate_packed(packed: PackedModels, split: Split, batch_size: int, num_cla
     return [Evaluation(float(loss_sum[k]) / n, int(correct[k].sum()) / n, per_class[k]) for k in range(packed.k)]
 
 
-PackCallback = Callable[[dict, "dict | None"], None]
-
-
 def check_packable(cfgs: Sequence[EngineConfig]) -> None:
     """Raise ValueError unless the configs differ only in PER_MODEL_KEYS and use
     what the packed trainer supports."""
@@ -229,119 +268,3 @@ def check_packable(cfgs: Sequence[EngineConfig]) -> None:
     if cfg.criterion != "cross_entropy" or cfg.objective != "loss" or cfg.stop_grad_norm is not None:
         raise ValueError("packed training is for classifiers minimizing their loss "
                          "(criterion cross_entropy, objective loss, no stop_grad_norm)")
-
-
-def fit_packed(
-    packed: PackedModels,
-    train: Split,
-    evals: Mapping[str, Split],
-    cfgs: Sequence[EngineConfig],
-    names: Sequence[str],
-    on_epoch: PackCallback,
-    resume: dict | None = None,
-) -> dict[str, str]:
-    """`engine.fit` for a pack: model k trains with `cfgs[k]` and reports as `names[k]`.
-
-    After every evaluation `on_epoch(report, state)` gets {"epoch", "step", "time_s",
-    "status", "members": {name: engine metrics}} (a diverged model appears once, with
-    status "diverged", and not after) and a state dict to resume from. Returns each
-    model's final status ("ok" / "diverged")."""
-    check_packable(cfgs)
-    cfg, k = cfgs[0], packed.k
-    device = train.x.device
-    optimizer = PackedOptimizer(packed.params, cfgs)
-    order_rngs = [torch.Generator().manual_seed(c.seed) for c in cfgs]  # each model's data order
-    first_epoch, elapsed, steps = 1, 0.0, 0
-    status = {name: "running" for name in names}
-    if resume is not None:
-        packed.load_state_dict(resume["models"])
-        optimizer.load_state_dict(resume["optimizer"])
-        _set_rng_state(order_rngs[0], resume["rng"], device)  # the global (dropout) RNG too
-        for rng, state in zip(order_rngs, resume["rng"]["orders"]):
-            rng.set_state(state)
-        first_epoch, elapsed, steps, status = resume["epoch"] + 1, resume["elapsed_s"], resume["steps"], resume["status"]
-    penalty = None
-    if cfg.l2_mode == "penalty" and any(c.weight_decay > 0 for c in cfgs):
-        penalty = torch.tensor([c.weight_decay for c in cfgs], device=device)
-    step_logs = [_StepLog(cfg.log_every_steps) for _ in names]
-    last_epoch = cfg.last_epoch(len(train))
-
-    for epoch in range(first_epoch, last_epoch + 1):
-        started = time.perf_counter()
-        perms = torch.stack([train.idx[torch.randperm(len(train), generator=g).to(device)] for g in order_rngs])
-        loss_sum = torch.zeros(k, device=device)
-        grad_norm_sum = torch.zeros(k, device=device)
-        alive = torch.tensor([s == "running" for s in status.values()], device=device)
-        n_steps = 0
-        for start in range(0, len(train), cfg.batch_size):
-            rows = perms[:, start : start + cfg.batch_size]  # [K, B]: each model's own batch
-            inputs = train.inputs(rows.reshape(-1)).unflatten(0, rows.shape)
-            grads, losses = packed.train_step(inputs, train.labels(rows), penalty)  # losses [K]
-            grad_norm = torch.linalg.vector_norm(  # [K]: each model's gradient norm
-                torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads.values()]), dim=0)
-            optimizer.step(grads)
-            n_steps += 1
-            loss_sum += losses.detach()
-            grad_norm_sum += grad_norm
-            for log, loss_k, norm_k in zip(step_logs, losses, grad_norm):
-                log.add(steps + n_steps, loss_k, norm_k)
-            # Unlike engine.fit, one model's non-finite loss does not end the epoch (the
-            # others go on); only when every live model has diverged is the rest wasted.
-            if n_steps % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum[alive]).any():
-                break
-            if cfg.max_steps is not None and steps + n_steps >= cfg.max_steps:
-                break
-        steps += n_steps
-        elapsed += time.perf_counter() - started
-        running = (loss_sum / n_steps).tolist()
-        final = epoch == last_epoch
-        members: dict[str, dict] = {}
-        for i, name in enumerate(names):  # models that went non-finite report once, as diverged
-            if status[name] == "running" and not math.isfinite(running[i]):
-                status[name] = "diverged"
-                members[name] = _diverged_metrics(epoch, steps, elapsed, running[i], evals, True, step_logs[i].flush())
-        live = [i for i, name in enumerate(names) if status[name] == "running"]
-        if epoch % cfg.eval_every and not final and not members:
-            continue
-        if live and (final or not epoch % cfg.eval_every):
-            eval_started = time.perf_counter()
-            results = {name: evaluate_packed(packed, split, cfg.eval_batch_size)
-                       for name, split in {"train": train, **evals}.items()}
-            probed = [{} for _ in names]
-            if final and cfg.probes and "test" in evals:
-                from trainables.probes import run_probes
-
-                probed = [run_probes(cfg.probes, packed.member(i), train, evals["test"], cfgs[i]) if i in live else {}
-                          for i in range(k)]
-            elapsed += time.perf_counter() - eval_started
-            norms = packed.weight_norms().tolist()
-            for i in live:
-                name = names[i]
-                metrics = epoch_metrics(cfgs[i], epoch, steps, {s: r[i] for s, r in results.items()}, probed[i],
-                                        running_loss=running[i], weight_norm=norms[i],
-                                        grad_norm=float(grad_norm_sum[i]) / n_steps, elapsed=elapsed, final=final)
-                if step_logs[i]:
-                    metrics["steps"] = step_logs[i].flush()
-                if not math.isfinite(metrics["train_loss"]):
-                    status[name] = "diverged"
-                    metrics = _diverged_metrics(epoch, steps, elapsed, metrics["train_loss"], evals, True,
-                                                metrics.get("steps"))
-                elif final:
-                    status[name] = "ok"
-                members[name] = metrics
-        done = all(s != "running" for s in status.values())
-        state = {
-            "epoch": epoch,
-            "steps": steps,
-            "elapsed_s": elapsed,
-            "status": dict(status),
-            "models": packed.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": {**_rng_state(order_rngs[0], device), "orders": [g.get_state() for g in order_rngs]},
-        }
-        report = {"epoch": epoch, "step": steps, "time_s": elapsed, "status": "ok" if done else "running",
-                  "members": members}
-        on_epoch(report, state)
-        if done:
-            break
-    return status

@@ -9,7 +9,7 @@ Config keys: the classifier family's (data, `model` and its arguments, engine ke
 with this study's defaults (`cnn_small`, Adam), plus `snapshot_every` (epochs).
 
 Snapshots are trial artifacts: `snapshots/epoch_0000.npz`, ... in the trial's working
-directory, which Tune syncs into `results/<study>/tune/<trial_id>/` (the launcher sets
+directory, which Tune syncs into `results/<study>/tune/<trial_id>/` (sweeps/tuneconfig.py sets
 `SyncConfig(sync_artifacts=True)`). Each file holds every parameter of the model as
 float16 under its state-dict name (half the size of float32; PCA of a path does not
 need more than 3 significant digits), `epoch`, and `first_layer`, the names of the
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 from trainables import classifier
 from trainables.classifier import ClassifierConfig, make_splits, parse_config
 from trainables.data import Split
+from trainables.contract import Report, metric_row
 from trainables.engine import evaluate_split, fit, weight_norm
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, validate_model
@@ -121,20 +122,13 @@ def snapshot_paths(trial_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------
 # The trial
 
-Report = Callable[[dict, "dict | None"], None]
-
 
 def initial_row(model: nn.Module, splits: dict[str, Split], cfg: TrajectoryConfig) -> dict:
     """Epoch 0: the untrained network evaluated like the engine's epochs."""
     started = time.perf_counter()
-    row: dict = {"epoch": 0, "step": 0}
-    for name, split in splits.items():
-        result = evaluate_split(model, split, cfg.eval_batch_size)
-        row[f"{name}_loss"], row[f"{name}_acc"] = result.loss, result.acc
-    row.update(gap_acc=row["train_acc"] - row["test_acc"], gap_loss=row["test_loss"] - row["train_loss"],
-               weight_norm=weight_norm(model), grad_norm=float("nan"),
-               time_s=time.perf_counter() - started, status="running")
-    return row
+    evaluations = {name: evaluate_split(model, split, cfg.eval_batch_size) for name, split in splits.items()}
+    return metric_row({"epoch": 0, "step": 0}, evaluations, measures={
+        "weight_norm": weight_norm(model), "grad_norm": float("nan"), "time_s": time.perf_counter() - started})
 
 
 def run(model: nn.Module, splits: dict[str, Split], cfg: TrajectoryConfig, report: Report, folder: Path,
@@ -167,7 +161,7 @@ def train(config: dict, data: dict) -> None:
     torch.manual_seed(cfg.seed)  # initialization
     model = build_model(cfg.model, **model_args).to(device)
     report = tune_reporter({**info, "n_params": count_params(model)})
-    run(model, splits, cfg, report, Path.cwd(), resume=restored_state())
+    run(model, splits, cfg, report, Path.cwd(), resume=restored_state(config))
 
 
 register_family(Family(name="trajectory", validate=validate, load_data=classifier.load_data, train=train,

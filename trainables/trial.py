@@ -8,15 +8,16 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import ray
 import torch
 from ray import tune
 
 from trainables.checkpoint import load_state, save_state
+from trainables.contract import Report, RESUME_KEY
 
 log = logging.getLogger("gensweep.trial")
-
 
 
 def trial_device() -> tuple[torch.device, dict]:
@@ -53,24 +54,21 @@ def _node_id() -> str:
         return ""
 
 
-# A checkpoint folder from an earlier experiment of the same study, for a trial that
-# continues there (set by the launcher's trainable; Tune's own checkpoint wins).
-resume_from: str | None = None
-
-
-def restored_state() -> dict | None:
+def restored_state(config: Mapping) -> dict | None:
     """The engine state to continue from: this trial's latest checkpoint if Tune is
-    restoring it, else the one it was carried over with, else None."""
+    restoring it, else the checkpoint folder the trial's config was carried over with
+    from an earlier experiment of the study (its RESUME_KEY, set by the planner),
+    else None."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None and resume_from:
-        checkpoint = tune.Checkpoint(resume_from)
+    if checkpoint is None and config.get(RESUME_KEY):
+        checkpoint = tune.Checkpoint(config[RESUME_KEY])
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
         return load_state(Path(folder))
 
 
-def tune_reporter(extra: dict):
+def tune_reporter(extra: dict) -> Report:
     """An engine callback: report metrics (plus `extra`, e.g. device and n_params)
     to Tune, with the state as a checkpoint when there is one."""
 

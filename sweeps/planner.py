@@ -1,0 +1,205 @@
+"""What a run of a study does: its folder, which cells still need training, and how
+they are grouped into packed trials. No Ray here: the plan is read from the study
+folder alone (study.json and the trial folders, through trainables.contract).
+
+- `study_dir_for` / `check_study_dir`: the study's folder, and whether it already
+  holds this study (resume), another spec's results (refused) or nothing yet.
+- `plan_grid`: a cell is done when a trial with its content id ended ok or diverged.
+  If the unfinished cells are exactly the unfinished ones of the latest experiment,
+  that experiment is resumed as it was (Tune restore); otherwise (grid grown, values
+  changed) a new experiment `tune-N` trains them, each continuing from its last
+  checkpoint if it has one.
+- `pack_cells` / `packs_for`: a spec's `pack: K` groups cells equal in every key but
+  the per-model ones (seed, lr, weight_decay, momentum:
+  trainables.packed.PER_MODEL_KEYS) into trials of at most K cells, in grid order.
+  A pack is one Tune trial whose config is `{"pack": {"cells": [...], "ids": [...],
+  "id": "pack-<12 hex>"}}`; its folder is named by that id (a hash of the member
+  ids), and each cell still gets its own rows, under its own id, in the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+from sweeps.schema import Study, cell_id
+from sweeps.specyaml import SpecError
+from trainables import storage
+from trainables.checkpoint import last_checkpoint
+from trainables.contract import (
+    ENDED, PACK_KEY, RESUME_KEY, TUNE_DIR, cell_statuses, next_experiment, read_record, trial_folders,
+)
+from trainables.packed import PER_MODEL_KEYS
+
+# What makes two runs the same study; resources, figures and retries may change.
+IDENTITY_KEYS = ("family", "fixed", "grid", "search", "scheduler", "seeds")
+
+
+def study_dir_for(study: Study, results: str | Path, fresh: bool) -> Path | str:
+    """The study's folder under `results`: a local path, or a URI (cloud storage).
+    `fresh`: a new folder beside an existing one, named with the time."""
+    if storage.is_uri(results):
+        base: Path | str = storage.join(str(results), study.study_name)
+        taken = storage.exists(base)
+    else:
+        base = Path(results).resolve() / study.study_name
+        taken = base.exists()
+    if fresh and taken:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        name = f"{study.study_name}-{stamp}"
+        return base.parent / name if isinstance(base, Path) else storage.join(base.rsplit("/", 1)[0], name)
+    return base
+
+
+def check_study_dir(study: Study, folder: Path | str) -> dict | None:
+    """The stored record when `folder` holds this study already (resume), else None;
+    refuses a folder that holds a different spec's results, and one that cannot be
+    written."""
+    stored = read_record(folder)
+    if stored is not None:
+        mine = json.loads(study.spec.model_dump_json())
+        # A grid study may grow or change (new cells become new trials, finished ones
+        # are kept, figures show the current cells only); a search, another family or
+        # a folder from before trial ids were stable may not.
+        keys = IDENTITY_KEYS if growable(stored) is False or study.spec.search else ("family", "search")
+        changed = [k for k in keys if stored["spec"].get(k) != mine.get(k)]
+        if changed:
+            raise SpecError(
+                f"{folder}: holds results of a different spec (differs in: {', '.join(changed)}); "
+                f"use --fresh to start a new study beside it, or --results to put it elsewhere"
+            )
+    if not storage.is_uri(folder):
+        probe = Path(folder)
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise SpecError(f"{probe}: not a folder; --results (or the spec's storage) names the folder that holds study folders")
+        if not os.access(probe, os.W_OK):
+            raise SpecError(f"{probe}: results folder is not writable")
+    return stored
+
+
+def growable(stored: dict | None) -> bool | None:
+    """Whether a study folder's record lists its experiments and cell ids (and so can
+    grow); None for a new folder."""
+    return None if stored is None else "experiments" in stored
+
+
+class Plan(NamedTuple):
+    """What a run of a study does: resume an experiment, start a new one over the
+    cells not finished yet, or nothing."""
+
+    experiment: str | None  # name of the Tune experiment to run; None: every cell is done
+    restore: bool  # resume that experiment exactly (Tune restore)
+    cells: list[dict]  # cells of a new experiment (resumable ones carry RESUME_KEY)
+    done: int  # cells finished earlier and kept
+
+
+def plan_study(study: Study, folder: Path | str, stored: dict | None, can_restore) -> Plan:
+    """The plan for `study` in `folder`. `can_restore(path) -> bool`: whether a Tune
+    experiment folder can be resumed (Tune's own check, passed in by the runner).
+    Searches, and folders in cloud storage or from before trial ids were stable,
+    resume their one experiment as it was."""
+    if study.spec.search or storage.is_uri(folder) or growable(stored) is False:
+        path = storage.join(str(folder), TUNE_DIR) if storage.is_uri(folder) else str(Path(folder) / TUNE_DIR)
+        return Plan(TUNE_DIR, can_restore(path), study.cells, 0)
+    return plan_grid(study, Path(folder), stored, can_restore)
+
+
+def plan_grid(study: Study, folder: Path, stored: dict | None, can_restore) -> Plan:
+    """Decide from the study folder which cells of a grid still need training (see the
+    module docstring)."""
+    ids = study.cell_ids
+    experiments = (stored or {}).get("experiments") or []
+    if not experiments:
+        return Plan(TUNE_DIR, False, study.cells, 0)
+    status = cell_statuses(folder, ids)
+    done = {i for i in ids if status.get(i) in ENDED}
+    todo = [(i, c) for i, c in zip(ids, study.cells) if i not in done]
+    if not todo:
+        return Plan(None, False, [], len(done))
+    latest = experiments[-1]
+    if ({i for i in latest["cell_ids"] if i not in done} == {i for i, _ in todo}
+            and can_restore(str(Path(folder) / latest["name"]))):
+        return Plan(latest["name"], True, [], len(done))
+    folders = trial_folders(folder)
+    cells = []
+    for i, cell in todo:
+        checkpoint = last_checkpoint(folders[i][-1]) if i in folders else None
+        cells.append({**cell, RESUME_KEY: str(checkpoint.parent)} if checkpoint else cell)
+    return Plan(next_experiment(folder, [e["name"] for e in experiments]), False, cells, len(done))
+
+
+def varying_keys(study: Study) -> list[str]:
+    """The keys that tell a study's trials apart: grid axes, searched values, seed."""
+    keys = list(study.spec.grid)
+    if study.spec.search:
+        keys += list(study.spec.search.space)
+    if len(study.spec.seeds) > 1:
+        keys.append("seed")
+    return keys
+
+
+# ---------------------------------------------------------------------------
+# Packs
+
+
+def _shared(cell: dict) -> str:
+    """What the cells of one pack must have in common: everything but the per-model
+    keys and bookkeeping (keys starting with "_")."""
+    return json.dumps({k: v for k, v in cell.items() if k not in PER_MODEL_KEYS and not k.startswith("_")},
+                      sort_keys=True, default=str)
+
+
+def pack_cells(cells: list[dict], ids: list[str], size: int) -> list[dict]:
+    """Packs (`{"cells", "ids", "id"}`) covering every cell once: groups of equal shared keys,
+    each split into the fewest chunks of at most `size` cells, of equal sizes (+-1),
+    in first-seen group order and grid order within a group."""
+    groups: dict[str, list[int]] = {}
+    for index, cell in enumerate(cells):
+        groups.setdefault(_shared(cell), []).append(index)
+    packs = []
+    for members in groups.values():
+        # Balanced: 21 cells at size 8 make packs of 7, 7, 7 rather than 8, 8, 5, so
+        # packs running side by side end together.
+        count = -(-len(members) // size)
+        bounds = [round(i * len(members) / count) for i in range(count + 1)]
+        for start, stop in zip(bounds, bounds[1:]):
+            chunk = members[start:stop]
+            chunk_ids = [ids[i] for i in chunk]
+            packs.append({"cells": [cells[i] for i in chunk], "ids": chunk_ids, "id": pack_id(chunk_ids)})
+    return packs
+
+
+def pack_id(cell_ids: list[str]) -> str:
+    """A packed trial's folder name: stable for the same member cells."""
+    return "pack-" + hashlib.sha256(",".join(cell_ids).encode()).hexdigest()[:12]
+
+
+def trial_size(config: dict) -> int:
+    """Cells a Tune trial's config trains: a pack's size, else 1."""
+    return len(config[PACK_KEY]["ids"]) if PACK_KEY in config else 1
+
+
+def packs_for(study: Study, cells: list[dict], folder: Path | str) -> list[dict]:
+    """The packed trials (spec `pack:`) training `cells`. A pack whose exact members
+    ran before as a pack (same folder name) continues from that folder's last
+    checkpoint (its cells carry it under RESUME_KEY); otherwise its cells start over
+    (a cell's own single-model checkpoint, from an unpacked run, does not fit a pack)."""
+    plain = [{k: v for k, v in cell.items() if k != RESUME_KEY} for cell in cells]
+    packs = pack_cells(plain, [cell_id(study.spec.family, c) for c in plain], study.spec.pack)
+    folders = {} if storage.is_uri(folder) or not Path(folder).exists() else trial_folders(Path(folder))
+    for pack in packs:
+        state = last_checkpoint(folders[pack["id"]][-1]) if pack["id"] in folders else None
+        if state is not None:
+            pack["cells"] = [{**cell, RESUME_KEY: str(state.parent)} for cell in pack["cells"]]
+    return packs
+
+
+def resumed(trials: list[dict]) -> int:
+    """How many of a new experiment's trials (cells, or packs) continue from a checkpoint."""
+    return sum(RESUME_KEY in (t["cells"][0] if "cells" in t else t) for t in trials)

@@ -1,0 +1,202 @@
+"""Run (or resume) a study on Ray Tune: load its data, start or join Ray, size its
+trials' resources, run the plan, and say how it ended.
+
+    gensweep run sweeps/wd.yaml --profile quick      # the CLI: run_study + the report
+
+Results go to `results/<study>/` (`<study>` = spec name, plus `-quick`/`-smoke`):
+`study.json` (spec + provenance), `tune/` (Tune's experiment: trial results and
+checkpoints), then what the report hook writes (`history.parquet`, `trials.parquet`,
+`report/`; the CLI passes analysis' `write_report`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from sweeps import tuneconfig
+from sweeps.planner import Plan, check_study_dir, growable, packs_for, plan_study, resumed, study_dir_for, trial_size, varying_keys
+from sweeps.provenance import provenance
+from sweeps.schema import Study, cell_id
+from sweeps.specyaml import SpecError
+from sweeps.workerenv import WORKER_ENV
+from trainables import storage
+from trainables.contract import ENDED, cell_statuses, expected_trials, require_record, write_record
+from trainables.families import get_family
+
+EXIT_TRIALS_FAILED = 1
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+# Writes a study's tables and figures from a local study folder and returns a summary
+# for the terminal (analysis.report.write_report; sweeps does not import analysis).
+ReportWriter = Callable[[Path], str]
+
+
+def init_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in WORKER_ENV.items():  # a local Ray's workers inherit the driver's environment
+        os.environ.setdefault(key, value)
+    # Trials' stdout is forwarded; Ray's own INFO chatter is not.
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+    # After an interruption Tune lists every not-yet-started trial as "failed to fetch
+    # metrics"; the report says what is missing in one line instead.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Tune's own "Resume experiment with: Tuner.restore(...)" after Ctrl-C is for API
+    # users; the CLI's way is to run the same command again, which run_study says.
+    logging.getLogger("ray.tune.tune").addFilter(lambda record: "Tuner.restore(" not in record.getMessage())
+
+
+# `gpu: auto`: the GPU share of a trial by its model's parameter count. MNIST-sized
+# batches keep activations small, so weights + Adam state (16 bytes/parameter) and the
+# CUDA context (~0.3-0.5 GB per process) dominate: up to 1M parameters eight trials
+# share a GPU, up to 10M four, up to 100M two, beyond that a whole GPU each.
+AUTO_GPU_SHARES = ((1_000_000, 0.125), (10_000_000, 0.25), (100_000_000, 0.5))
+
+
+def auto_gpu_share(n_params: int) -> float:
+    return next((share for limit, share in AUTO_GPU_SHARES if n_params <= limit), 1.0)
+
+
+def trial_resources(study: Study) -> dict:
+    """{"cpu", "gpu"} per trial, `gpu: auto` resolved; refuses a GPU share larger
+    than any node of the running cluster has (the trial could never start)."""
+    import ray
+
+    node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    most = max(node_gpus, default=0.0)
+    wanted = study.spec.resources.gpu
+    if wanted == "auto":
+        if most == 0:
+            return {"cpu": study.spec.resources.cpu, "gpu": 0.0}
+        count = get_family(study.spec.family).count_params
+        models = min(study.spec.pack, len(study.cells))  # a packed trial holds this many
+        share = auto_gpu_share(models * max(count(cell) for cell in study.cells)) if count else 1.0
+        wanted = min(share, most)
+    if wanted > most:
+        where = "no node of this cluster has a GPU" if most == 0 else f"the largest node has {most:g}"
+        raise SpecError(f"{study.source}: resources.gpu: {wanted:g} GPU per trial, but {where}; "
+                        f"lower it (fractions share a GPU) or join a cluster with GPUs (--address)")
+    return {"cpu": study.spec.resources.cpu, "gpu": float(wanted)}
+
+
+class StudyOutcome(NamedTuple):
+    folder: Path | str
+    exit_code: int  # 0: every trial ended (ok or diverged); see EXIT_* for the others
+
+
+def run_study(study: Study, results: str | Path, *, address: str | None = None, fresh: bool = False,
+              progress_every: float = 20.0, callbacks: list | None = None,
+              report: ReportWriter | None = None) -> StudyOutcome:
+    """Run (or resume) a study, then `report` it. Raises SpecError/UserError on bad input.
+
+    `results` is the parent of study folders: a local (or shared) path or a storage
+    URI. `callbacks` are extra Tune callbacks for a new experiment (tests watch
+    scheduling with them); a resumed one keeps those it started with (see below).
+    `report(local folder) -> summary`: writes the tables and figures (the CLI passes
+    analysis.report.write_report); None: no report."""
+    from ray import tune
+
+    folder = study_dir_for(study, results, fresh)
+    stored = check_study_dir(study, folder)
+    data_started = time.monotonic()
+    data = get_family(study.spec.family).load_data(study.cells)  # before Ray starts: a data error costs nothing
+    data_seconds = time.monotonic() - data_started
+
+    record = {"spec": json.loads(study.spec.model_dump_json()), "profile": study.profile,
+              "study": study.study_name, "source": study.source, "n_cells": len(study.cells),
+              "provenance": provenance()}
+    if stored is not None:
+        record["provenance"]["resumed"] = True
+        record["spec_first_run"] = stored.get("spec_first_run") or stored.get("provenance")
+    total = expected_trials(record)
+    plan = plan_study(study, folder, stored, tune.Tuner.can_restore)
+    if not (study.spec.search or storage.is_uri(folder) or growable(stored) is False):
+        record["cell_ids"] = study.cell_ids
+        record["experiments"] = list((stored or {}).get("experiments") or [])
+        if plan.experiment and not plan.restore:
+            record["experiments"].append({"name": plan.experiment,
+                                          "cell_ids": [cell_id(study.spec.family, c) for c in plan.cells]})
+    if plan.experiment is None:
+        write_record(folder, record)
+        print(f"{study.study_name}: all {len(study.cells)} trials are done; rebuilding the report", flush=True)
+        return _finish(study, folder, None, total, report)
+    init_ray(address)
+    resources = trial_resources(study)  # refuses a GPU share the cluster cannot give
+    write_record(folder, record)
+    packs = packs_for(study, plan.cells, folder) if study.spec.pack > 1 and not plan.restore else None
+    each = f"{resources['cpu']:g} CPU" + (f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
+    what = f"{study.study_name}: {total} trials, {each}"
+    if packs is not None:
+        what = f"{study.study_name}: {len(plan.cells)} trials packed into {len(packs)} (up to {study.spec.pack} models), {each}"
+
+    trainable = tuneconfig.trainable(study, data, resources)
+    printer = progress_printer(study, total if plan.restore or not plan.done else len(plan.cells), progress_every)
+    tune_path = storage.join(folder, plan.experiment) if storage.is_uri(folder) else str(Path(folder) / plan.experiment)
+    if plan.restore:
+        print(f"resuming {what} from {tune_path}", flush=True)
+        # Tune restores the experiment's pickled RunConfig, callbacks included, and has
+        # no public way to replace them (Tuner.restore takes no run_config): the
+        # restored ProgressPrinter starts its clock and counts again in `setup`.
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if plan.done:
+            print(f"{study.study_name}: {plan.done} of {len(study.cells)} trials done and kept; training "
+                  f"{len(plan.cells)} more{f' in {len(packs)} packs' if packs else ''} "
+                  f"({resumed(packs or plan.cells)} {'packs' if packs else 'trials'} from their last checkpoint) "
+                  f"-> {tune_path}", flush=True)
+        else:
+            print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
+        tuner = tune.Tuner(trainable, param_space=tuneconfig.param_space(study, plan.cells, packs),
+                           tune_config=tuneconfig.tune_config(study),
+                           run_config=tuneconfig.run_config(study, folder, plan, [printer, *(callbacks or [])]))
+    grid = tuner.fit()
+    # Trials this run should end with: a search's samples; a grid's cells or packs (a
+    # restored grid experiment lists all of its trials, so nothing to compare).
+    expected = total if study.spec.search else 0 if plan.restore else len(packs if packs is not None else plan.cells)
+    return _finish(study, folder, grid, expected, report)
+
+
+def _finish(study: Study, folder: Path | str, grid, total: int, report: ReportWriter | None) -> StudyOutcome:
+    """Write the report; the exit code says whether every trial of this run ended."""
+    with storage.local_copy(folder) as local:
+        if report is not None:
+            print(report(local).replace(str(local), str(folder)), flush=True)  # name the real place, not the copy
+        errored_cells = sum(trial_size(result.config) for result in grid if result.error) if grid is not None else 0
+        left = not_ended(local, errored_cells) if grid is not None else 0
+    if grid is None:
+        return StudyOutcome(folder, 0)
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished or len(grid) < total or left:
+        print(f"{study.study_name} stopped with {max(left, total - grid.num_terminated - grid.num_errors)} "
+              f"trial(s) unfinished; run the same command again to resume", flush=True)
+        return StudyOutcome(folder, EXIT_INTERRUPTED)
+    if grid.num_errors:
+        print(f"{grid.num_errors} trial(s) failed after {study.spec.max_failures} retries; "
+              f"see tune*/<trial>/error.txt", flush=True)
+        return StudyOutcome(folder, EXIT_TRIALS_FAILED)
+    return StudyOutcome(folder, 0)
+
+
+def not_ended(folder: Path, errors: int) -> int:
+    """Trials of the study (its current cells, or a search's samples) that have not
+    ended, read from the folder: after Ctrl-C Tune's ResultGrid lists every trial,
+    even the unstarted ones, as TERMINATED. Ended: ok or diverged on disk, or failed
+    out of retries in this run (`errors`)."""
+    record = require_record(folder)
+    statuses = cell_statuses(folder, record.get("cell_ids"))
+    ended = sum(s in ENDED for s in statuses.values())
+    return max(0, expected_trials(record) - ended - errors)
+
+
+def progress_printer(study: Study, total: int, interval: float):
+    from sweeps.progress import ProgressPrinter
+
+    return ProgressPrinter(study.study_name, varying_keys(study), tuneconfig.metric_of(study), total, interval)

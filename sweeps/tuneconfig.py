@@ -1,0 +1,135 @@
+"""A study as Ray Tune sees it: the trainable, the param space, the TuneConfig
+(searcher, scheduler, trial names) and the RunConfig (storage, checkpoints,
+retries, callbacks). Building these starts nothing; `sweeps.runner` runs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+from sweeps.planner import Plan
+from sweeps.schema import Study, cell_id
+from trainables.contract import CELL_KEY, PACK_KEY, flat_config
+from trainables.families import get_family
+
+# Tune's new console output prints its own banners and tables regardless of
+# `verbose`; the legacy path honours verbose=0, and our ProgressPrinter reports.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Keeping one checkpoint per trial forces an experiment snapshot per checkpoint, which
+# is what makes resuming exact; the warning about that cost is noise at our scale.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def run_trial(config: dict, family: str, data) -> None:
+    """The Tune trainable. A grid trial's config is {"cell": resolved config} (plus a
+    search's sampled values), a packed trial's {"pack": {"cells", "ids", "id"}}; a
+    cell carried over from an earlier experiment of the study names its last
+    checkpoint under RESUME_KEY, which the family's `restored_state(config)` reads."""
+    # One INFO line per checkpoint from Ray Train would flood the driver's console.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    if PACK_KEY in config:  # several cells trained together (spec `pack:`)
+        pack = config[PACK_KEY]
+        get_family(family).train_packed(pack["cells"], pack["ids"], data)
+        return
+    get_family(family).train(flat_config(config), data)
+
+
+def param_space(study: Study, cells: list[dict], packs: list[dict] | None = None) -> dict:
+    from ray import tune
+
+    if packs is not None:
+        return {PACK_KEY: tune.grid_search(packs)}
+    if study.spec.search is None:
+        return {CELL_KEY: tune.grid_search(cells)}
+    samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    space: dict = {CELL_KEY: study.cells[0]}
+    for name, dist in study.spec.search.space.items():
+        (kind, args), = dist.model_dump().items()
+        space[name] = tune.choice(args) if kind == "choice" else samplers[kind](*args)
+    return space
+
+
+def metric_of(study: Study) -> str:
+    """The metric a search or scheduler optimizes and the progress lines show."""
+    if study.spec.search and study.spec.search.metric:
+        return study.spec.search.metric
+    return get_family(study.spec.family).default_metric
+
+
+def tune_trial_id(trial) -> str:
+    return trial.trial_id
+
+
+def cell_trial_id(family: str, trial) -> str:
+    """A grid trial's folder name (and trial_id in the results): its cell's content
+    id, or a pack's id."""
+    if PACK_KEY in trial.config:
+        return trial.config[PACK_KEY]["id"]
+    return cell_id(family, trial.config[CELL_KEY])
+
+
+def tune_config(study: Study):
+    from ray import tune
+
+    spec = study.spec
+    name = tune_trial_id if spec.search else functools.partial(cell_trial_id, spec.family)
+    kwargs: dict = dict(
+        num_samples=spec.search.num_samples if spec.search else 1,
+        trial_dirname_creator=name,
+        trial_name_creator=name,
+        # A trial runs in a worker process kept from an earlier trial of the study, not
+        # a new one: a new process and its imports (torch, Tune, gensweep, and
+        # torch._dynamo at the first optimizer) cost about 5 s per trial on 2 cores,
+        # which took a 16-trial grid of 5 s trials from 1.15x to 1.99x of its
+        # ideal wall time (bench/overhead.py).
+        reuse_actors=True,
+    )
+    if spec.search or spec.scheduler:
+        kwargs.update(metric=metric_of(study), mode=spec.search.mode if spec.search else "max")
+    if spec.search:
+        if spec.search.algo == "optuna":
+            import optuna
+            from ray.tune.search.optuna import OptunaSearch
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            kwargs["search_alg"] = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            kwargs["search_alg"] = BasicVariantGenerator(random_state=spec.search.seed)
+        kwargs["max_concurrent_trials"] = spec.search.max_concurrent
+    if spec.scheduler:
+        from ray.tune.schedulers import ASHAScheduler
+
+        kwargs["scheduler"] = ASHAScheduler(
+            time_attr="epoch", max_t=max(c["epochs"] for c in study.cells),
+            grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
+        )
+    return tune.TuneConfig(**kwargs)
+
+
+def run_config(study: Study, folder: Path | str, plan: Plan, callbacks: list):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=plan.experiment,
+        storage_path=str(folder),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=study.spec.max_failures),
+        # Files a trial writes in its working directory (e.g. weight snapshots) are
+        # kept in its folder of the study, wherever the trial ran.
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def trainable(study: Study, data, resources: dict):
+    """The trainable with the study's data (put in Ray's object store once) and each
+    trial's resources."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data), resources)

@@ -13,6 +13,10 @@ from typing import Callable
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.axes  # noqa: E402
+import matplotlib.figure  # noqa: E402
+import matplotlib.font_manager  # noqa: E402
+import matplotlib.textpath  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,13 +39,17 @@ def label(column: str) -> str:
     return LABELS.get(column, column.replace("_", " "))
 
 
-def _ok(frame: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+def ok_rows(frame: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` (history, steps, ...) that belong to trials whose status
+    is ok: diverged and failed trials stay out of means and figures."""
     ok_ids = set(trials.loc[trials["status"] == "ok", "trial_id"])
     return frame[frame["trial_id"].isin(ok_ids)]
 
 
-def _palette_column(frame: pd.DataFrame, hue: str | None) -> str | None:
-    """Hue as strings in sorted numeric order, so 0 and 1e-4 get distinct, ordered colours."""
+def palette_column(frame: pd.DataFrame, hue: str | None) -> str | None:
+    """Add a copy of column `hue` as ordered text categories (sorted numerically, so
+    0 and 1e-4 get distinct, ordered colours and legend entries) to `frame`, in
+    place; returns the new column's name (`hue` plus a space), or None without a hue."""
     if hue is None:
         return None
     values = sorted(frame[hue].dropna().unique(), key=lambda v: (isinstance(v, str), v))
@@ -60,36 +68,203 @@ def _palette(frame: pd.DataFrame, hue: str | None) -> str | None:
     return "tab10" if frame[hue].dropna().map(lambda v: isinstance(v, str)).all() else "viridis"
 
 
-def _log_axis(ax, axis: str, base) -> None:
-    """A log axis with labelled ticks however narrow the range. base: True/10 for
-    decades, 2 for powers of two (batch sizes). Call it after plotting: base-10 ticks
-    are chosen from the data limits (1-2-5 per decade over wide ranges, evenly spaced
-    round values such as 0.2, 0.25, 0.3 within about a decade)."""
+# ---- log axes ------------------------------------------------------------------------
+# Tick labels are chosen when the figure is drawn, from the axis's size at that moment
+# (after tight_layout and legends have taken their room): the densest of a list of
+# tick sets whose labels keep a gap between neighbours. The labels are short (5k,
+# 10k, 1M, 2e-5), so more of them fit.
+
+_SUFFIXES = ((1e9, "G"), (1e6, "M"), (1e3, "k"))
+# Decades (1-2-5, 1-3, 1, every 2nd decade, ...); ranges this narrow (in decades) may
+# get evenly spaced round values instead, as on a linear axis, where more of them fit.
+_NARROW_DECADES = 1.2
+_GAP_EM = 0.6  # the least space between two neighbouring labels, in font sizes
+
+
+def _sig(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits, trailing zeros dropped; below 0.001 in
+    scientific form without exponent padding (2e-5 and 3e-4, not 2e-05 and 0.0003)."""
+    text = f"{value:.{digits - 1}e}" if abs(value) < 1e-3 else f"{value:.{digits}g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        if "." in mantissa:
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def tick_text(value: float, digits: int = 3) -> str:
+    """A short tick label: 5000 -> '5k', 1e6 -> '1M', 2.5e-5 -> '2.5e-5', 0.25 -> '0.25',
+    1e12 -> '1e12';
+    `digits` significant digits at most, trailing zeros dropped."""
+    if value == 0:
+        return "0"
+    if abs(value) < 1e12:
+        for scale, suffix in _SUFFIXES:
+            if abs(value) >= scale * (1 - 1e-9):
+                return _sig(value / scale, digits) + suffix
+    return _sig(value, digits)
+
+
+def _power_of_two(value: float) -> int | None:
+    if value <= 0:
+        return None
+    exponent = round(np.log2(value))
+    return exponent if np.isclose(value, 2.0 ** exponent, rtol=1e-9, atol=0) else None
+
+
+class _TickText(matplotlib.ticker.Formatter):
+    """Short labels (`tick_text`) with as many digits as it takes to tell the ticks
+    apart; for base 2, whole numbers (64, 1024) and 2^n beyond them; `zero` (a stand-in
+    position on a log axis) reads '0'."""
+
+    def __init__(self, base: int, zero: float | None = None):
+        self.base, self.zero, self.digits = base, zero, 3
+
+    def set_locs(self, locs) -> None:
+        super().set_locs(locs)
+        self.digits = 3
+        for digits in range(3, 9):  # the fewest digits that keep the labels distinct
+            self.digits = digits
+            texts = [self(v) for v in locs]
+            if len(set(texts)) == len(texts):
+                break
+
+    def __call__(self, value: float, pos=None) -> str:
+        if self.zero is not None and np.isclose(value, self.zero, rtol=1e-9, atol=0):
+            return "0"
+        if self.base == 2:
+            exponent = _power_of_two(value)
+            if exponent is not None and (exponent > 16 or exponent < -6):
+                return f"$2^{{{exponent}}}$"
+            if float(value).is_integer() and abs(value) < 1e5:
+                return str(int(value))
+        return tick_text(value, self.digits)
+
+
+class _ReadableLogTicks(matplotlib.ticker.Locator):
+    """Major ticks of a log axis whose labels never overlap: at draw time, the densest
+    candidate tick set whose labels (formatted by `formatter`, measured in the tick
+    label font) keep a gap of `_GAP_EM` font sizes between neighbours along an axis of
+    the current length. `fixed`: take the candidates from these values only (every
+    value, every 2nd, ...)."""
+
+    def __init__(self, base: int, formatter: _TickText, fixed: list[float] | None = None):
+        self.base, self.formatter = base, formatter
+        self.fixed = sorted(float(v) for v in fixed) if fixed is not None else None
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def nonsingular(self, vmin: float, vmax: float) -> tuple[float, float]:
+        """Autoscaling limits as for any log axis (positive; a decade around one value)."""
+        log = matplotlib.ticker.LogLocator(base=self.base)
+        log.set_axis(self.axis)
+        return log.nonsingular(vmin, vmax)
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        vmin, vmax = sorted((vmin, vmax))
+        if vmax <= 0:
+            return np.array([])
+        vmin = vmin if vmin > 0 else vmax / 1e3  # a log view cannot reach 0
+        chosen, fallback = None, None
+        for family in self._candidates(vmin, vmax):
+            for ticks in family:  # densest first: the first that fits is the family's best
+                inside = ticks[(ticks >= vmin * (1 - 1e-9)) & (ticks <= vmax * (1 + 1e-9))]
+                if len(inside) == 0:
+                    continue
+                if self._fits(inside, vmin, vmax):
+                    if chosen is None or len(inside) > len(chosen):
+                        chosen = inside
+                    break
+                if fallback is None or len(inside) < len(fallback):
+                    fallback = inside
+            if self.base == 2 and chosen is not None and len(chosen) >= 2:
+                break  # powers of two; round values only for less than a doubling
+        if chosen is not None:
+            return chosen
+        if fallback is None:
+            return np.array([])
+        return fallback[[len(fallback) // 2]]  # nothing fits: one label cannot overlap
+
+    def _candidates(self, vmin: float, vmax: float) -> list[list[np.ndarray]]:
+        """Families of tick sets, each densest first; the densest set that fits wins."""
+        if self.fixed is not None:
+            return [[np.array(self.fixed[::stride]) for stride in range(1, len(self.fixed) + 1)]]
+        linear = [ticks[ticks > 0] for ticks in (  # round values, as on a linear axis
+            matplotlib.ticker.MaxNLocator(nbins=bins, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+            for bins in range(6, 0, -1))]
+        if self.base == 2:
+            low, high = int(np.floor(np.log2(vmin))), int(np.ceil(np.log2(vmax)))
+            powers = [np.array([2.0 ** k for k in range(low, high + 1) if k % stride == 0])
+                      for stride in range(1, max(high - low, 1) + 1)]
+            return [powers, linear]  # linear: for less than a doubling
+        low, high = int(np.floor(np.log10(vmin))), int(np.ceil(np.log10(vmax)))
+        decades = [(1, (1.0, 2.0, 5.0)), (1, (1.0, 3.0))] + [(s, (1.0,)) for s in range(1, max(high - low, 1) + 1)]
+        wide = [np.array([m * 10.0 ** k for k in range(low, high + 1) if k % stride == 0 for m in subs])
+                for stride, subs in decades]
+        return [wide, linear] if np.log10(vmax / vmin) <= _NARROW_DECADES else [wide]
+
+    def _fits(self, ticks: np.ndarray, vmin: float, vmax: float) -> bool:
+        if len(ticks) < 2:
+            return True
+        axis = self.axis
+        try:  # the tick label font (creating a tick does not call the locator)
+            font = axis.majorTicks[0].label1.get_fontproperties()
+        except (AttributeError, IndexError):
+            font = matplotlib.font_manager.FontProperties(size=matplotlib.rcParams[f"{axis.axis_name}tick.labelsize"])
+        size = font.get_size_in_points()
+        texts = self.formatter.format_ticks(list(ticks))
+        measure = matplotlib.textpath.text_to_path.get_text_width_height_descent
+        extents = []
+        for text in texts:
+            width, height, _ = measure(text, font, ismath="$" in text)
+            # along x a label takes its width; along y its line height (at least 1.2 em)
+            extents.append(width if axis.axis_name == "x" else max(height, 1.2 * size))
+        box = axis.axes.bbox
+        length = (box.width if axis.axis_name == "x" else box.height) * 72.0 / axis.axes.figure.dpi
+        scale = axis.get_transform()
+        ends = scale.transform(np.array([vmin, vmax]))
+        if not ends[1] > ends[0] or length <= 0:
+            return False
+        where = (scale.transform(ticks) - ends[0]) / (ends[1] - ends[0]) * length  # points along the axis
+        need = (np.array(extents[:-1]) + np.array(extents[1:])) / 2 + _GAP_EM * size
+        return bool(np.all(np.diff(where) >= need))
+
+
+def log_axis(ax: matplotlib.axes.Axes, axis: str, base: bool | int | None, *,
+             fixed: list[float] | None = None, zero: float | None = None) -> None:
+    """Make `axis` ("x" or "y") of `ax` a log axis whose tick labels never run into
+    each other. base: True or 10 for decades, 2 for powers of two (batch sizes);
+    False/None leaves the axis linear. The ticks are picked when the figure is drawn,
+    from the view limits and the axis's length then: round values within about a
+    decade, decades (1-2-5, 1-3, 1, every 2nd, ...) over wider ranges, the densest set
+    whose short labels (5k, 10k, 1M, 2e-5; 64, 1024 for base 2) leave a gap between
+    neighbours. `fixed`: ticks only at (a subset of) these values; `zero`: the
+    position, among them, that stands in for 0 and is labelled '0'."""
     if not base:
         return
+    base = 2 if base == 2 else 10
     scale_axis = getattr(ax, f"{axis}axis")
-    getattr(ax, f"set_{axis}scale")("log", base=2 if base == 2 else 10)
-    if base == 2:
-        scale_axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    getattr(ax, f"set_{axis}scale")("log", base=base)
+    formatter = _TickText(base, zero)
+    scale_axis.set_major_locator(_ReadableLogTicks(base, formatter, fixed))
+    scale_axis.set_major_formatter(formatter)
+    if base == 2 and fixed is None:  # unlabelled minor ticks between the powers
         scale_axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        return
-    low, high = getattr(ax, f"get_{axis}lim")()
-    narrow = low > 0 and np.log10(high / low) <= 1.2
-    scale_axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=6) if narrow
-                                 else matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    scale_axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    scale_axis.set_minor_locator(matplotlib.ticker.NullLocator())
+    else:
+        scale_axis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
-    data = _ok(history, trials).copy()
+    data = ok_rows(history, trials).copy()
     x = fig_spec.get("x") or "epoch"
     if x not in data:
         return None
     ys = [y for y in fig_spec["y"] if y in data and data[y].notna().any()]
     if data.empty or not ys:
         return None
-    hue = _palette_column(data, fig_spec.get("hue"))
+    hue = palette_column(data, fig_spec.get("hue"))
     col = fig_spec.get("col")
     cols = sorted(data[col].dropna().unique()) if col else [None]
     fig, axes = plt.subplots(len(ys), len(cols), figsize=(4.2 * len(cols) + 1.5, 3.0 * len(ys)),
@@ -101,8 +276,8 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pa
             # markers: a trial stopped early by a scheduler may have a single point
             sns.lineplot(panel, x=x, y=y, hue=hue, errorbar=("ci", 95), ax=ax, marker="o", markersize=3,
                          palette=_palette(data, fig_spec.get("hue")), legend=(r == 0 and c == len(cols) - 1))
-            _log_axis(ax, "x", fig_spec.get("logx"))
-            _log_axis(ax, "y", fig_spec.get("logy"))
+            log_axis(ax, "x", fig_spec.get("logx"))
+            log_axis(ax, "y", fig_spec.get("logy"))
             ax.set_ylabel(label(y) if c == 0 else "")
             ax.set_xlabel(label(x) if r == len(ys) - 1 else "")
             if r == 0 and col:
@@ -113,7 +288,7 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pa
         if legend:
             legend.set_title(label(fig_spec["hue"]))
             sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1.0))
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path
 
 
@@ -122,7 +297,7 @@ def last_evaluations(history: pd.DataFrame, trials: pd.DataFrame, columns: list[
     that the history lacks. History rows are in report order within a trial
     (collect.py), so "last" needs no sort (and an epoch sort would misorder
     families that report several rows per epoch)."""
-    last = _ok(history, trials).groupby("trial_id").tail(1).copy()
+    last = ok_rows(history, trials).groupby("trial_id").tail(1).copy()
     wanted = [c for c in dict.fromkeys(columns) if c not in last and c in trials]
     if wanted:
         last = last.merge(trials[["trial_id", *wanted]], on="trial_id")
@@ -135,7 +310,7 @@ def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pat
     ys = [y for y in fig_spec["y"] if y in last and last[y].notna().any()]
     if last.empty or not ys:
         return None
-    hue = _palette_column(last, fig_spec.get("hue"))
+    hue = palette_column(last, fig_spec.get("hue"))
     logx = fig_spec.get("logx", False)
     zero = bool(logx and (last[x] <= 0).any())
     stand_in = None
@@ -149,24 +324,22 @@ def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pat
         ax = axes[0][c]
         sns.lineplot(last, x=x, y=y, hue=hue, marker="o", errorbar=("ci", 95), ax=ax,
                      palette=_palette(last, fig_spec.get("hue")), legend=(c == len(ys) - 1))
-        _log_axis(ax, "x", logx)
-        _log_axis(ax, "y", fig_spec.get("logy"))
-        if logx:
-            if zero:  # label the stand-in position "0"; grid values make readable ticks
-                ticks = sorted(last[x].unique())
-                ax.set_xticks(ticks, [("0" if t == stand_in else f"{t:g}") for t in ticks])
-                ax.minorticks_off()
+        # with a 0 stand-in: ticks at the grid values only (as many as fit), the stand-in labelled "0"
+        log_axis(ax, "x", logx, fixed=sorted(last[x].unique()) if zero else None, zero=stand_in)
+        log_axis(ax, "y", fig_spec.get("logy"))
         ax.set_xlabel(label(x))
         ax.set_ylabel(label(y))
         ax.grid(alpha=0.3)
     if hue and axes[0][-1].get_legend():
         axes[0][-1].get_legend().set_title(label(fig_spec["hue"]))
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1.0))
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path
 
 
-def _save(fig, fig_spec: dict, path: Path) -> None:
+def save_figure(fig: matplotlib.figure.Figure, fig_spec: dict, path: Path) -> None:
+    """Write `fig` as the PNG `path` (110 dpi, tight layout, the spec's `title` as
+    its suptitle when given) and close it. Atomic: written beside, then renamed."""
     if fig_spec.get("title"):
         fig.suptitle(fig_spec["title"])
     fig.tight_layout()

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import LABELS, _log_axis, _save, label, last_evaluations, register_figure
+from analysis.figures import LABELS, label, last_evaluations, log_axis, register_figure, save_figure
 
 LABELS.setdefault("sensitivity", "input sensitivity ||∂L/∂x||")  # mean over test images, normalized input
 LABELS.setdefault("sharpness", "sharpness (top Hessian eigenvalue)")
@@ -62,8 +62,8 @@ def final_train_test(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict
             ax.legend(title=None)
         else:
             sns.lineplot(long, x=x, y="value", errorbar=("ci", 95), marker="o", ax=ax, color="tab:green")
-        _log_axis(ax, "x", fig_spec.get("logx"))
-        _log_axis(ax, "y", fig_spec.get("logy"))
+        log_axis(ax, "x", fig_spec.get("logx"))
+        log_axis(ax, "y", fig_spec.get("logy"))
         ax.set_xlabel(label(x))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -73,7 +73,7 @@ def final_train_test(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict
     title = fig_spec.get("title") or f"final train and test metrics vs {label(x)}"
     title += f" (mean of {n_seeds} seeds, 95% band)" if n_seeds > 1 else " (1 seed)"
     fig_spec = {**fig_spec, "title": title}
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.figures import _log_axis, _save, last_evaluations, register_figure
+from analysis.figures import last_evaluations, log_axis, register_figure, save_figure
 
 Y_LABELS = {
     "minimal_ratio": "minimal ratio\n(fraction of eigenvalues > 0)",
@@ -46,7 +46,7 @@ def minimal_ratio(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, p
                    label=f"converged: ||grad L|| < {tol} ({len(done)} runs)")
         ax.scatter(stuck["critical_loss"], stuck[y], marker="x", s=30, color="tab:red", alpha=0.8,
                    label=f"not converged ({len(stuck)} runs)")
-        _log_axis(ax, "x", True)
+        log_axis(ax, "x", True)
         ax.set_xlabel("training loss (MSE) where phase 2 stopped")
         ax.set_ylabel(Y_LABELS.get(y, y))
         ax.grid(alpha=0.3)
@@ -55,5 +55,5 @@ def minimal_ratio(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, p
     size = f", {int(params[0])} parameters" if len(params) == 1 else ""
     title = fig_spec.get("title") or "Minimal ratio against loss at the end of gradient-norm minimization"
     fig_spec = {**fig_spec, "title": f"{title} ({len(last)} runs{size})"}
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path

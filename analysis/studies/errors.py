@@ -18,6 +18,7 @@ need the probe `confusion` (`probes: [confusion]`), `per_class` needs `per_class
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +29,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import _save, label, register_figure
+from analysis.figures import label, register_figure, save_figure
+from analysis.report import column_format, format_mean_std
 
 NUM_CLASSES = 10
 CLASS_NAMES = {
@@ -49,12 +51,14 @@ class Best(NamedTuple):
     n: int
 
     def title(self) -> str:
-        spread = f" ± {self.std:.4f}" if self.n > 1 else ""
-        return f"best model: {self.name} (test acc {self.mean:.4f}{spread}, n={self.n})"
+        acc = format_mean_std(self.mean, self.std, self.n, column_format([self.mean]))  # as in the report's table
+        return f"best model: {self.name} (test acc {acc}, n={self.n})"
 
 
-def _model_keys(trials: pd.DataFrame, fig_spec: dict, path: Path) -> list[str]:
-    """What tells models apart: `options.by`, else the study's grid axes."""
+def model_keys(trials: pd.DataFrame, fig_spec: dict, path: Path) -> list[str]:
+    """The config columns that tell models apart (what `best_model` groups by): the
+    figure spec's `options.by`, else the study's grid axes (from the study.json two
+    folders above the figure `path`); never `seed`, nor a column `trials` lacks."""
     by = (fig_spec.get("options") or {}).get("by")
     if by is None:
         study_file = path.parent.parent / "study.json"
@@ -93,17 +97,18 @@ def _class_names(best: Best) -> list[str]:
     return CLASS_NAMES.get(dataset, [str(c) for c in range(NUM_CLASSES)])
 
 
-def _matrix(value) -> np.ndarray:
-    """A nested list, or the array of arrays Parquet gives back, as a 2-D array."""
+def as_matrix(value: Sequence[Sequence[float]]) -> np.ndarray:
+    """A matrix column's value (a confusion matrix): a nested list, or the array of
+    arrays Parquet gives back, as a 2-D float array."""
     return np.array([np.asarray(row, dtype=float) for row in value])
 
 
 @register_figure("confusion")
 def confusion(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
-    best = best_model(trials, _model_keys(trials, fig_spec, path), need="final_confusion")
+    best = best_model(trials, model_keys(trials, fig_spec, path), need="final_confusion")
     if best is None:
         return None
-    counts = np.mean([_matrix(m) for m in best.trials["final_confusion"]], axis=0)  # mean over seeds
+    counts = np.mean([as_matrix(m) for m in best.trials["final_confusion"]], axis=0)  # mean over seeds
     per_class = counts.sum(axis=1, keepdims=True)
     fraction = np.divide(counts, per_class, out=np.zeros_like(counts), where=per_class > 0)
     names = _class_names(best)
@@ -131,7 +136,7 @@ def confusion(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path:
     total = int(round(counts.sum()))
     seeds = f", mean over {best.n} seeds" if best.n > 1 else ""
     ax.set_title(f"Test confusion matrix, {best.title()}\ncounts of {total} test images{seeds}", fontsize=10)
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path
 
 
@@ -140,7 +145,7 @@ def per_class(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path:
     columns = [f"test_acc_{c}" for c in range(NUM_CLASSES)]
     if history.empty or not all(c in history for c in columns):
         return None
-    best = best_model(trials, _model_keys(trials, fig_spec, path))
+    best = best_model(trials, model_keys(trials, fig_spec, path))
     if best is None:
         return None
     rows = history[history["trial_id"].isin(best.trials["trial_id"])]
@@ -170,7 +175,7 @@ def per_class(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path:
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0))
     seeds = f"mean over {best.n} seeds, 95% band" if best.n > 1 else "one seed"
     ax.set_title(f"Per-class test accuracy, {best.title()}\n{seeds}", fontsize=10)
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path
 
 
@@ -197,7 +202,7 @@ def pooled_mistakes(best: Best) -> pd.DataFrame:
 
 @register_figure("misclassified")
 def misclassified(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
-    best = best_model(trials, _model_keys(trials, fig_spec, path), need="final_misclassified_idx")
+    best = best_model(trials, model_keys(trials, fig_spec, path), need="final_misclassified_idx")
     if best is None:
         return None
     k = int((fig_spec.get("options") or {}).get("images", GALLERY_IMAGES))
@@ -223,5 +228,5 @@ def misclassified(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, p
     fig.suptitle(f"Most confidently misclassified test images, {best.title()}\n"
                  f"confidence = softmax probability of the predicted class; #n = index in the {dataset} test set; "
                  f"{seeds}", fontsize=9)
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.figures import _save, label, last_evaluations, register_figure
+from analysis.figures import label, last_evaluations, register_figure, save_figure
 from trainables.function_fit import TARGETS, grid
 
 TARGET_TEXT = {"sinc": r"$\sin(5\pi x)\,/\,(5\pi x)$", "square_wave": r"$\mathrm{sign}(\sin(5\pi x))$"}
@@ -85,5 +85,5 @@ def function_fit(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, pa
     title = fig_spec.get("title") or "Fitted curves over the target function"
     seeds = f"{n} seeds per model, one line each" if n > 1 else "1 seed per model"
     fig_spec = {**fig_spec, "title": f"{title} ({seeds})"}
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import _log_axis, _ok, _palette_column, _save, label, register_figure
+from analysis.figures import label, log_axis, ok_rows, palette_column, register_figure, save_figure
 
 _SPLITS = {"train": "training subset", "test": "test set"}
 
@@ -48,20 +48,20 @@ def _n_seeds(frame: pd.DataFrame) -> str:
 def interpolation(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
     if "phase" not in history or "alpha" not in history:
         return None
-    rows = _ok(history, trials)
+    rows = ok_rows(history, trials)
     rows = rows[rows["phase"] == "interpolation"]
     if rows.empty:
         return None
     long = pd.concat([rows.assign(split=_SPLITS[s], loss=rows[f"{s}_loss"], acc=rows[f"{s}_acc"]) for s in _SPLITS],
                      ignore_index=True)
-    hue = _palette_column(long, fig_spec.get("hue")) if fig_spec.get("hue") else "split"
+    hue = palette_column(long, fig_spec.get("hue")) if fig_spec.get("hue") else "split"
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
     for c, (ax, metric) in enumerate(zip(axes, ("loss", "acc"))):
         sns.lineplot(long, x="alpha", y=metric, hue=hue, style="split", errorbar=("ci", 95), ax=ax, marker="o",
                      markersize=3, palette="viridis" if hue != "split" else ["tab:blue", "tab:orange"],
                      legend=c == 1)
         if metric == "loss" and fig_spec.get("logy"):
-            _log_axis(ax, "y", True)
+            log_axis(ax, "y", True)
         if metric == "loss":
             ax.set_ylabel("cross-entropy loss" + (" (log scale)" if fig_spec.get("logy") else ""))
         else:
@@ -78,7 +78,7 @@ def interpolation(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, p
         sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1.0), title=None)
     fig.suptitle((fig_spec.get("title") or "Loss and accuracy along the line from solution A to solution B")
                  + f" ({_n_seeds(rows)})")
-    _save(fig, {**fig_spec, "title": None}, path)  # suptitle already drawn
+    save_figure(fig, {**fig_spec, "title": None}, path)  # suptitle already drawn
     return path
 
 
@@ -86,7 +86,7 @@ def interpolation(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, p
 def interpolation_training(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Path) -> Path | None:
     if "phase" not in history:
         return None
-    rows = _ok(history, trials)
+    rows = ok_rows(history, trials)
     rows = rows[rows["phase"].isin(["A", "B"])].copy()
     ys = [y for y in (fig_spec.get("y") or ["train_loss", "test_acc"]) if y in rows and rows[y].notna().any()]
     if rows.empty or not ys:
@@ -98,7 +98,7 @@ def interpolation_training(history: pd.DataFrame, trials: pd.DataFrame, fig_spec
         sns.lineplot(rows, x="epoch", y=y, hue="solution", hue_order=list(names.values()), errorbar=("ci", 95),
                      ax=ax, marker="o", markersize=4, palette=["tab:green", "tab:purple"], legend=c == len(ys) - 1)
         if y.endswith("_loss") and fig_spec.get("logy"):
-            _log_axis(ax, "y", True)
+            log_axis(ax, "y", True)
         ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label(y) + (" (log scale)" if y.endswith("_loss") and fig_spec.get("logy") else ""))
@@ -106,5 +106,5 @@ def interpolation_training(history: pd.DataFrame, trials: pd.DataFrame, fig_spec
     if axes[0][-1].get_legend():
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1.0), title="solution")
     fig.suptitle((fig_spec.get("title") or "Training of the two endpoints") + f" ({_n_seeds(rows)})")
-    _save(fig, {**fig_spec, "title": None}, path)  # suptitle already drawn
+    save_figure(fig, {**fig_spec, "title": None}, path)  # suptitle already drawn
     return path

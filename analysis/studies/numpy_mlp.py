@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.figures import _log_axis, _save, label, register_figure
-from analysis.studies.errors import _matrix, _model_keys
+from analysis.figures import label, log_axis, register_figure, save_figure
+from analysis.studies.errors import as_matrix, model_keys
 
 SPLITS = {"train": "final_train_confusion", "test": "final_confusion"}
 METRICS = ("precision", "recall", "f1")
@@ -57,7 +57,7 @@ def reports(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         if column not in ok:
             continue
         for _, trial in ok[ok[column].map(lambda v: v is not None and len(v) > 0)].iterrows():
-            table = classification_report(_matrix(trial[column]))
+            table = classification_report(as_matrix(trial[column]))
             parts.append(table.assign(split=split, **{k: trial[k] for k in keys}))
     if not parts:
         return pd.DataFrame()
@@ -71,7 +71,7 @@ def reports(trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 @register_figure("classification_report")
 def classification_report_figure(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict,
                                  path: Path) -> Path | None:
-    keys = _model_keys(trials, fig_spec, path)
+    keys = model_keys(trials, fig_spec, path)
     table = reports(trials, keys)
     if table.empty:
         return None
@@ -152,7 +152,7 @@ def loss_per_iteration(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: di
         ax.plot(mean.index, mean["mean"], color=colours(i), alpha=0.25, linewidth=0.8)
         ax.plot(mean.index, running_mean(mean["mean"].to_numpy(), window), color=colours(i), linewidth=2.0,
                 label=f"{tag} ({'mean of ' if n > 1 else ''}{n} seed{'s' if n != 1 else ''})")
-    _log_axis(ax, "y", True)
+    log_axis(ax, "y", True)
     ax.set_xlabel("iteration (optimizer step)")
     ax.set_ylabel("minibatch cross-entropy (log scale)")
     ok_trials = trials[trials["status"] == "ok"]
@@ -164,5 +164,5 @@ def loss_per_iteration(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: di
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right", title="thin: logged loss; thick: running mean", title_fontsize=8)
     fig.suptitle(fig_spec.get("title") or "Minibatch loss against iteration")
-    _save(fig, {**fig_spec, "title": None}, path)
+    save_figure(fig, {**fig_spec, "title": None}, path)
     return path

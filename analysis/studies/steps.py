@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.figures import _log_axis, _save, label, register_figure
+from analysis.figures import label, log_axis, register_figure, save_figure
 
 STEPS_FILE = "steps.parquet"
 STEP_LABELS = {"loss": "training batch loss", "grad_norm": "gradient L2 norm"}
@@ -130,8 +130,8 @@ def steps_figure(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, pa
     for r, y in enumerate(ys):
         for c, col_value in enumerate(cols):
             ax = axes[r][c]
-            _log_axis(ax, "x", fig_spec.get("logx"))
-            _log_axis(ax, "y", fig_spec.get("logy"))
+            log_axis(ax, "x", fig_spec.get("logx"))
+            log_axis(ax, "y", fig_spec.get("logy"))
             name = STEP_LABELS.get(y, label(y)) + (" (log scale)" if fig_spec.get("logy") else "")
             ax.set_ylabel(name if c == 0 else "")
             ax.set_xlabel("optimizer step" if r == len(ys) - 1 else "")
@@ -152,5 +152,5 @@ def steps_figure(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, pa
     smoothing = f"; rolling mean over {smooth} logged steps" if smooth > 1 else ""
     fig_spec = {**fig_spec, "title": (fig_spec.get("title") or "Training loss and gradient norm per step")
                 + f"\n({what}{smoothing})"}
-    _save(fig, fig_spec, path)
+    save_figure(fig, fig_spec, path)
     return path

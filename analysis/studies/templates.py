@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import last_model_state
-from analysis.figures import _save, label, register_figure
+from analysis.figures import label, register_figure, save_figure
 
 SIDE = 28  # MNIST images are 28x28, so each template is a 784-long weight row
 
@@ -92,5 +92,5 @@ def weight_templates(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict
     seed = f", seed {seeds.pop()}" if len(seeds) == 1 else ""
     spec = {**fig_spec, "title": fig_spec.get("title") or
             f"Learned weight templates (red: evidence for the digit, blue: against; 0 is white{seed})"}
-    _save(fig, spec, path)
+    save_figure(fig, spec, path)
     return path

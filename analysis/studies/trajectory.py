@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.collect import trial_folders
-from analysis.figures import _ok, _save, register_figure
+from analysis.figures import ok_rows, register_figure, save_figure
 from trainables.trajectory import load_snapshot, snapshot_paths
 
 PARTS = {"first_layer": "first layer", "model": "whole model"}
@@ -79,7 +79,8 @@ def trajectory_pca(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, 
         return None
     result = pca(np.stack(paths["vector"].to_list()), k=2)
     paths["pc1"], paths["pc2"] = result.coords[:, 0], result.coords[:, 1]
-    acc = _ok(history, trials)[["trial_id", "epoch", "test_acc"]].drop_duplicates(["trial_id", "epoch"], keep="last")
+    acc = ok_rows(history, trials)[["trial_id", "epoch", "test_acc"]]
+    acc = acc.drop_duplicates(["trial_id", "epoch"], keep="last")
     paths = paths.drop(columns="vector").merge(acc, on=["trial_id", "epoch"], how="left")
 
     fig, ax = plt.subplots(figsize=(8.2, 6.4))
@@ -110,5 +111,5 @@ def trajectory_pca(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, 
     title = fig_spec.get("title") or "Optimization paths in weight space"
     ax.set_title(f"{title}\n{PARTS[part]} ({n_dims:,} weights): one PCA of all {len(paths)} snapshots "
                  f"of {n_runs} runs", fontsize=10)
-    _save(fig, {**fig_spec, "title": None}, path)
+    save_figure(fig, {**fig_spec, "title": None}, path)
     return path

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from sweeps.schema import load_study
 
@@ -90,9 +91,48 @@ def test_dockerfile_base_image_arg_defaults_to_official_slim_python():
     args_before = dict(a.split("=", 1) for op, a in steps[:first_from] if op == "ARG" and "=" in a)
     assert args_before["BASE_IMAGE"] == "python:3.11-slim-bookworm"
     assert steps[first_from][1] == "${BASE_IMAGE}"
-    assert PROJECT["requires-python"] == ">=3.11,<3.12"  # the base image's Python
-    # The CUDA variant's build argument exists and defaults to the locked PyPI torch.
+    assert SpecifierSet(PROJECT["requires-python"]).contains("3.11")  # the default base image's Python
+
+
+def _pythons_the_dockerfile_accepts() -> set[str]:
+    """The minor versions the venv step's `assert (3, A) <= sys.version_info[:2] <= (3, B)` lets through."""
+    run_text = " ".join(a for op, a in dockerfile() if op == "RUN")
+    m = re.search(r"assert \(3, (\d+)\) <= sys\.version_info\[:2\] <= \(3, (\d+)\)", run_text)
+    assert m, "the Dockerfile no longer checks the venv's Python version"
+    return {f"3.{minor}" for minor in range(int(m[1]), int(m[2]) + 1)}
+
+
+def test_dockerfile_accepts_the_pythons_gensweep_supports():
+    accepted = _pythons_the_dockerfile_accepts()
+    assert accepted == {"3.11", "3.12", "3.13"}
+    # Every Python pyproject allows builds (while pyproject still says <3.12 this is a
+    # subset; once it says <3.14 the two are equal).
+    allowed = {f"3.{minor}" for minor in range(6, 20) if SpecifierSet(PROJECT["requires-python"]).contains(f"3.{minor}")}
+    assert allowed and allowed <= accepted, f"pyproject allows {sorted(allowed)}, the Dockerfile {sorted(accepted)}"
+
+
+def test_dockerfile_takes_torch_variant_from_torch_index_url_and_all_else_from_pips_index():
+    steps = dockerfile()
+    # The CUDA variant's build argument exists and defaults to the locked torch.
     assert ("ARG", 'TORCH_INDEX_URL=""') in steps
+    run_text = " ".join(" ".join(a.split()) for op, a in steps if op == "RUN")
+    # An extra index on top of pip's own, never a replacement for it.
+    assert 'pip install --extra-index-url "$TORCH_INDEX_URL" $(grep -E \'^(torch|torchvision)==\' /tmp/requirements.lock)' in run_text
+    assert "--index-url" not in run_text.replace("--extra-index-url", "")
+    assert "'+' not in v(n)" in run_text  # a torch from the default index instead fails the build
+
+
+# A public package host, written out (pip, apt and debootstrap take theirs from the
+# machine's configuration).
+PACKAGE_HOSTS = re.compile(r"pytorch\.org|debian\.org|pypi\.org|files\.pythonhosted|https?://[A-Za-z0-9.-]+\.[a-z]{2,}")
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "build-base-image.sh", "docker.mk", "test-docker.sh",
+                                  "containers.conf", "lock.py", "requirements.lock"])
+def test_docker_files_name_no_package_host(name):
+    text = (DOCKER / name).read_text()
+    hits = [f"{i}: {line.strip()}" for i, line in enumerate(text.splitlines(), 1) if PACKAGE_HOSTS.search(line)]
+    assert not hits, f"docker/{name} names a package host: {hits}"
 
 
 def test_dockerfile_entrypoint_user_venv_and_data():
@@ -113,6 +153,62 @@ def test_dockerfile_entrypoint_user_venv_and_data():
     assert ("ENV", "GENSWEEP_DATA=/app/data") in [(op, part) for op, a in steps for part in a.split()]
     for package in ("sweeps", "trainables", "analysis"):
         assert any(a.endswith(f"{package} /app/{package}") for a in copies)
+
+
+# --- docker/build-base-image.sh: the Debian mirror ---------------------------
+
+def _print_mirror(apt_dir: Path, mirror: str | None = None) -> subprocess.CompletedProcess:
+    """The script's mirror detection alone (`--print-mirror`: no root, podman or
+    debootstrap needed), reading apt sources from apt_dir instead of /etc/apt."""
+    env = {k: v for k, v in os.environ.items() if k != "MIRROR"} | {"APT_SOURCES_DIR": str(apt_dir)}
+    if mirror is not None:
+        env["MIRROR"] = mirror
+    return subprocess.run(["bash", str(DOCKER / "build-base-image.sh"), "--print-mirror"], env=env,
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_base_image_script_without_mirror_or_apt_sources_asks_for_mirror(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "old.list.disabled").write_text("deb http://x.example.invalid/debian bookworm main\n")
+    out = _print_mirror(tmp_path)
+    assert out.returncode != 0 and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and "MIRROR" in lines[0], out.stderr
+    # No folder at all: the same.
+    out = _print_mirror(tmp_path / "missing")
+    assert out.returncode != 0 and len(out.stderr.splitlines()) == 1 and "MIRROR" in out.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_base_image_script_takes_the_mirror_apt_uses(tmp_path):
+    # One-line format: comments, deb-src, a third-party repository (its own component)
+    # and the security archive are passed over; options in brackets are allowed.
+    (tmp_path / "sources.list").write_text(
+        "# deb http://commented.example.invalid/debian bookworm main\n"
+        "deb-src http://src.example.invalid/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] https://vendor.example.invalid/linux/debian bookworm stable\n"
+        "deb http://sec.example.invalid/debian-security bookworm-security main\n"
+        "deb [ arch=amd64 ] http://one.example.invalid/debian bookworm main contrib\n")
+    out = _print_mirror(tmp_path)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "http://one.example.invalid/debian\n", "")
+    # MIRROR wins over apt's sources.
+    assert _print_mirror(tmp_path, "http://given.example.invalid/debian").stdout == "http://given.example.invalid/debian\n"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_base_image_script_reads_deb822_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    # A third-party deb822 file sorting before debian.sources: its suite is not Debian's.
+    (tmp_path / "sources.list.d" / "aaa-node.sources").write_text(
+        "Types: deb\nURIs: https://node.example.invalid/node_20.x\nSuites: nodistro\nComponents: main\n")
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://sec.example.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb deb-src\n# a comment\nURIs: http://off.example.invalid/debian\nSuites: bookworm\n"
+        "Components: main\nEnabled: no\n\n"
+        "types: deb\nuris: http://deb822.example.invalid/debian\nsuites: bookworm bookworm-updates\ncomponents: main\n")
+    out = _print_mirror(tmp_path)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "http://deb822.example.invalid/debian\n", "")
 
 
 # --- .dockerignore ----------------------------------------------------------

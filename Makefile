@@ -1,6 +1,7 @@
 # gensweep front door. Every target creates the virtualenv on first use.
-#   make sweep-wd PROFILE=quick     # the weight-decay study, 3-minute version
-#   make test                       # the test suite (9-13 minutes on 2 cores)
+#   make sweep-wd PROFILE=quick     # the weight-decay study, quick version (times: README's study table)
+#   make test                       # the whole test suite (its time: README)
+#   make test-fast                  # the unit tests, without Ray studies (under 2 minutes)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,30 +13,31 @@ PACK ?=
 profile_flag = $(if $(PROFILE),--profile $(PROFILE))$(if $(PACK), --pack $(PACK))
 study_name = $(1)$(if $(PROFILE),-$(PROFILE))
 
-.PHONY: setup sweep sweep-batch sweep-function report validate test bench clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
+.PHONY: setup sweep sweep-batch sweep-function report validate test test-fast bench clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
 
 help:
 	@echo "make sweep-wd [PROFILE=quick|smoke]    weight decay on an overparameterized CNN"
 	@echo "make sweep-lr [PROFILE=quick|smoke]    Optuna search over the learning rate of an MLP"
 	@echo "make sweep-NAME [PROFILE=...]           sweeps/NAME.yaml (see the README's study list)"
 	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec"
-	@echo "make sweep-NAME PACK=8                  train up to 8 grid cells per trial, vectorized (see README)"
+	@echo "make sweep-NAME PACK=8                  train up to 8 grid cells per trial, vectorized (docs/specs.md)"
 	@echo "make report STUDY=wd-quick              rebuild a study's tables and figures"
 	@echo "make validate                           check every spec and profile"
 	@echo "make cluster-up [WORKERS=1 CPUS=1]      a local multi-node Ray cluster (head + workers on 127.0.0.1)"
 	@echo "make submit SPEC=sweeps/x.yaml [PROFILE=...] [RAY_ADDRESS=http://HEAD:8265] [STORAGE=DIR|URI]"
 	@echo "make job-status | job-logs JOB=... | job-stop JOB=...   the cluster's jobs"
 	@echo "make cluster-down                       stop the local cluster"
-	@echo "make docker-build | docker-run SPEC=... [PROFILE=...] | test-docker   the Docker image (see README)"
-	@echo "make test                               run the tests"
-	@echo "make bench                              the benchmarks (about 15 minutes; writes bench/results.json)"
+	@echo "make docker-build | docker-run SPEC=... [PROFILE=...] | test-docker   the Docker image (docs/operations.md)"
+	@echo "make test                               run the whole test suite"
+	@echo "make test-fast                          the unit tests, without Ray studies (under 2 minutes)"
+	@echo "make bench                              the benchmarks (bench/results.json, docs/performance.md)"
 
 setup: $(VENV)/.installed
 
 # Re-install when the dependencies change. torch/torchvision are pinned exactly
 # (a CUDA build that also runs on CPU, about 5.5 GB).
 $(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "gensweep needs Python 3.11; set PYTHON=/path/to/python3.11")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) else "gensweep needs Python 3.11, 3.12 or 3.13; set PYTHON=/path/to/python3.12")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing gensweep and its pinned dependencies into $(VENV) (first time: a few minutes)"
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -55,7 +57,7 @@ sweep-function: sweep-function-fit
 
 report: setup
 	@test -n "$(STUDY)" || { echo "usage: make report STUDY=NAME (a folder under $(RESULTS)/, e.g. wd-quick)"; exit 2; }
-	$(PY) -m analysis report $(RESULTS)/$(STUDY)
+	$(PY) -m sweeps report $(RESULTS)/$(STUDY)
 
 validate: setup
 	$(PY) -m sweeps validate sweeps/*.yaml
@@ -94,6 +96,9 @@ cluster-down: setup
 
 test: setup
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not study" $(ARGS)
 
 # Benchmarks (bench/): gensweep vs a notebook-style loop, the machine's matmul peak,
 # sweep overhead, concurrency, memory, packed trials. Wants an otherwise idle machine.

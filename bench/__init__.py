@@ -1,8 +1,8 @@
 """gensweep's benchmarks: the engine against the notebook baseline and the machine's
 limit, and the sweep machinery's overhead, scaling and memory (issue 7).
 
-    python -m bench                       # all (make bench); writes bench/results.json and the README table
-    python -m bench --only datapath flops # some of them (results.json and README merge them in)
+    python -m bench                       # all (make bench); writes bench/results.json and the table in docs/performance.md
+    python -m bench --only datapath flops # some of them (results.json and docs/performance.md merge them in)
     python -m bench --quick --only flops  # tiny sizes: plumbing only; writes nothing unless --out/--readme
 
 Every comparison is a ratio measured in the same run on the same machine; absolute
@@ -21,7 +21,7 @@ unit=..., target=..., higher_is_better=..., notes=...)` takes the median (or bui
 figures. Then add one line to BENCHMARKS below. Names of figures are unique across
 benchmarks. A benchmark that needs Ray starts and stops it itself
 (bench.raystudy.session does both; bench.raystudy.start_ray and run_once run one
-spec through sweeps.launcher.run_study, timed). EXPERIMENTS hold measurements that are not part of
+spec through sweeps.runner.run_study, timed). EXPERIMENTS hold measurements that are not part of
 the default run (`--only NAME` runs them).
 """
 

@@ -1,8 +1,8 @@
-"""python -m bench [--only NAME ...] [--reps N] [--quick] [--out PATH] [--readme PATH]
+"""python -m bench [--only NAME ...] [--reps N] [--quick] [--out PATH] [--doc PATH]
 
 Runs the benchmarks (all of BENCHMARKS, or --only those), prints a line per benchmark
-and a final table, and (full runs) writes bench/results.json and the README's
-Performance table. A --quick run writes only what --out / --readme ask for.
+and a final table, and (full runs) writes bench/results.json and the Performance table
+of docs/performance.md. A --quick run writes only what --out / --doc ask for.
 Exit status: 0 when every benchmark ran (met targets or not), 1 when one failed,
 2 for an unknown name.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_OUT = BENCH_DIR / "results.json"
-DEFAULT_README = REPO / "README.md"
+DEFAULT_DOC = REPO / "docs" / "performance.md"
 DEFAULT_REPS = 5
 QUICK_REPS = 2
 # Share of the machine's CPU time used by other processes above which a benchmark's
@@ -27,15 +27,17 @@ QUICK_REPS = 2
 BUSY_SHARE = 0.05
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (or experiments)")
     parser.add_argument("--reps", type=int, default=None,
                         help=f"repetitions after the warm-up (default {DEFAULT_REPS}, {QUICK_REPS} with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the plumbing; writes nothing by default")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json; none with --quick)")
-    parser.add_argument("--readme", type=Path, default=None, help="README whose Performance block to rewrite "
-                                                                  "(default README.md; none with --quick)")
+    # --readme: the option's name when the table lived in the README.
+    parser.add_argument("--doc", "--readme", dest="doc", type=Path, default=None,
+                        help="Markdown page whose Performance block to rewrite "
+                             "(default docs/performance.md; none with --quick)")
     return parser
 
 
@@ -107,7 +109,7 @@ def print_table(entries: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from bench import BENCHMARKS, EXPERIMENTS
 
     known = {**BENCHMARKS, **EXPERIMENTS}
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --reps must be at least 1", file=sys.stderr)
         return 2
     out = args.out or (None if args.quick else DEFAULT_OUT)
-    readme = args.readme or (None if args.quick else DEFAULT_README)
+    doc = args.doc or (None if args.quick else DEFAULT_DOC)
 
     from bench.machine import machine_info
 
@@ -134,18 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     print(f"\n{len(entries)} benchmark(s) in {total / 60:.1f} min")
     print_table(entries)
-    if entries and (out or readme):
+    if entries and (out or doc):
         command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
         results = merge_results(out, machine, entries, total, command.strip(), order=list(known))
         if out:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2) + "\n")
             print(f"results: {out}")
-        if readme:
-            from bench.readme import render, update_readme
+        if doc:
+            from bench.readme import render, update_doc
 
-            if update_readme(readme, render(results)):
-                print(f"README table: {readme}")
+            if update_doc(doc, render(results)):
+                print(f"Performance table: {doc}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
-"""The README's Performance table: rendered from results.json, written between
-`<!-- bench:start -->` and `<!-- bench:end -->` (the text around the markers is the
-README's own and is never touched)."""
+"""The Performance table of docs/performance.md: rendered from results.json, written
+between `<!-- bench:start -->` and `<!-- bench:end -->` (the text around the markers is
+the page's own and is never touched)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ def replace_block(text: str, block: str) -> str | None:
     return text[: start + len(START)] + "\n" + block.strip("\n") + "\n" + text[end:]
 
 
-def update_readme(path: Path, block: str) -> bool:
-    """Rewrite the block in the README at `path`; a one-line warning (and no write)
-    when its markers are missing."""
+def update_doc(path: Path, block: str) -> bool:
+    """Rewrite the block in the Markdown page at `path`; a one-line warning (and no
+    write) when its markers are missing."""
     text = Path(path).read_text()
     updated = replace_block(text, block)
     if updated is None:
-        print(f"warning: {path} has no '{START}' ... '{END}' markers; README left unchanged")
+        print(f"warning: {path} has no '{START}' ... '{END}' markers; left unchanged")
         return False
     if updated != text:
         Path(path).write_text(updated)

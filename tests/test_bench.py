@@ -1,5 +1,5 @@
 """The benchmark harness (bench/): the MLP's analytic FLOP count against torch's
-FLOP counter, the warm-up/median logic, the README block, and the results file of a
+FLOP counter, the warm-up/median logic, the docs/performance.md block, and the results file of a
 quick run of a cheap benchmark."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bench import BENCHMARKS, EXPERIMENTS
 from bench.__main__ import main, merge_results
 from bench.flops import mlp_train_flops
 from bench.raystudy import _status_bytes, _uss_bytes
-from bench.readme import END, START, render, replace_block, update_readme
+from bench.readme import END, START, render, replace_block, update_doc
 from bench.record import Figure, repeat
 from trainables.models import build_model
 
@@ -54,26 +54,26 @@ def test_figure_value_is_the_median_and_met_follows_the_direction():
     assert Figure.of("context", [2.0]).to_dict()["met"] is None
 
 
-def test_readme_block_is_replaced_between_the_markers_only():
+def test_doc_block_is_replaced_between_the_markers_only():
     text = f"# title\n\nbefore\n{START}\nold table\n{END}\nafter\n"
     assert replace_block(text, "new table\n") == f"# title\n\nbefore\n{START}\nnew table\n{END}\nafter\n"
     assert replace_block("no markers here\n", "x") is None
     assert replace_block(f"{END}\n{START}\n", "x") is None  # out of order
 
 
-def test_readme_without_markers_is_left_alone_with_a_warning(tmp_path, capsys):
-    readme = tmp_path / "README.md"
-    readme.write_text("# gensweep\n")
-    assert update_readme(readme, "table") is False
-    assert readme.read_text() == "# gensweep\n"
+def test_doc_without_markers_is_left_alone_with_a_warning(tmp_path, capsys):
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n")
+    assert update_doc(doc, "table") is False
+    assert doc.read_text() == "# Performance\n"
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("warning:") and "markers" in out[0]
 
 
-def test_quick_run_writes_results_and_readme_only_where_asked(tmp_path):
-    out, readme = tmp_path / "results.json", tmp_path / "README.md"
-    readme.write_text(f"## Performance\n{START}\n{END}\nmore\n")
-    assert main(["--quick", "--only", "flops", "--reps", "1", "--out", str(out), "--readme", str(readme)]) == 0
+def test_quick_run_writes_results_and_doc_only_where_asked(tmp_path):
+    out, doc = tmp_path / "results.json", tmp_path / "performance.md"
+    doc.write_text(f"## Performance\n{START}\n{END}\nmore\n")
+    assert main(["--quick", "--only", "flops", "--reps", "1", "--out", str(out), "--doc", str(doc)]) == 0
     results = json.loads(out.read_text())
     machine = results["machine"]
     assert {"cpu_model", "cores", "torch", "torch_threads", "ray", "git_commit", "date"} <= set(machine)
@@ -86,7 +86,7 @@ def test_quick_run_writes_results_and_readme_only_where_asked(tmp_path):
     assert len(figure["reps"]) == 1 and figure["value"] == figure["reps"][0] > 0
     assert figure["met"] == (figure["value"] >= 40.0)
     assert "GFLOP" in figure["notes"]
-    text = readme.read_text()
+    text = doc.read_text()
     assert text.startswith(f"## Performance\n{START}\n") and text.endswith(f"{END}\nmore\n")
     assert "`flops_percent_of_peak`" in text and "| flops |" in text
 
@@ -94,7 +94,7 @@ def test_quick_run_writes_results_and_readme_only_where_asked(tmp_path):
 def test_quick_run_writes_nothing_by_default(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr("bench.__main__.DEFAULT_OUT", tmp_path / "results.json")
-    monkeypatch.setattr("bench.readme.update_readme", lambda *a: written.append(a))
+    monkeypatch.setattr("bench.readme.update_doc", lambda *a: written.append(a))
     assert main(["--quick", "--only", "flops", "--reps", "1"]) == 0
     assert not (tmp_path / "results.json").exists() and not written
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sweeps.schema import PROFILES, load_study
 from sweeps.specyaml import SpecError, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON = REPO / ".venv" / "bin" / "python"
+PYTHON = sys.executable  # the venv running the tests, wherever it is (make VENV=...)
 SPECS = sorted((REPO / "sweeps").glob("*.yaml"))
 
 MINIMAL = {

@@ -92,7 +92,7 @@ def _cell_tables(cell: CellResult) -> tuple[pd.DataFrame | None, dict, pd.DataFr
     last = frame.iloc[-1].to_dict()
     record.update({f"final_{k}": v for k, v in last.items() if k not in config and k not in ("trial_id", "status")})
     record.update(facts)
-    record["epochs_done"] = int(last.get("epoch", 0))
+    record["epochs_done"] = cell.epochs_done
     record["wall_s"] = float(last.get("time_s", np.nan))
     record["status"] = status
     return frame, record, steps

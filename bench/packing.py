@@ -77,7 +77,7 @@ def _study_rates(reps: int, quick: bool) -> dict[str, list[float]]:
     return rates
 
 
-def _compute_rates(reps: int, quick: bool) -> dict[int, list[float]]:
+def compute_rates(reps: int, quick: bool) -> dict[int, list[float]]:
     """Model-steps per second in-process on one thread, for K = 1, 8, 32."""
     import torch
 
@@ -117,7 +117,7 @@ def _compute_rates(reps: int, quick: bool) -> dict[int, list[float]]:
 def run(reps: int, quick: bool) -> list[Figure]:
     study = _study_rates(reps, quick)
     base = median(study["unpacked"])
-    compute = _compute_rates(reps, quick)
+    compute = compute_rates(reps, quick)
     one = median(compute[1])
     cells = "16 cells" if not quick else "4 cells (quick)"
     return [

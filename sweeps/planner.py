@@ -99,12 +99,17 @@ class Plan(NamedTuple):
     done: int  # cells finished earlier and kept
 
 
+def tracks_cells(study: Study, folder: Path | str, stored: dict | None) -> bool:
+    """Whether the study keeps its cells' ids and experiments in study.json, and so can
+    grow: a grid in a local or shared folder. Searches, and folders in cloud storage
+    or from before trial ids were stable, resume their one experiment as it was."""
+    return not (study.spec.search or storage.is_uri(folder) or growable(stored) is False)
+
+
 def plan_study(study: Study, folder: Path | str, stored: dict | None, can_restore) -> Plan:
     """The plan for `study` in `folder`. `can_restore(path) -> bool`: whether a Tune
-    experiment folder can be resumed (Tune's own check, passed in by the runner).
-    Searches, and folders in cloud storage or from before trial ids were stable,
-    resume their one experiment as it was."""
-    if study.spec.search or storage.is_uri(folder) or growable(stored) is False:
+    experiment folder can be resumed (Tune's own check, passed in by the runner)."""
+    if not tracks_cells(study, folder, stored):
         path = storage.join(str(folder), TUNE_DIR) if storage.is_uri(folder) else str(Path(folder) / TUNE_DIR)
         return Plan(TUNE_DIR, can_restore(path), study.cells, 0)
     return plan_grid(study, Path(folder), stored, can_restore)

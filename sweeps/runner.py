@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from sweeps import tuneconfig
-from sweeps.planner import Plan, check_study_dir, growable, packs_for, plan_study, resumed, study_dir_for, trial_size, varying_keys
+from sweeps.planner import (
+    check_study_dir, packs_for, plan_study, resumed, study_dir_for, tracks_cells, trial_size, varying_keys,
+)
 from sweeps.provenance import provenance
 from sweeps.schema import Study, cell_id
 from sweeps.specyaml import SpecError
@@ -118,7 +120,7 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
         record["spec_first_run"] = stored.get("spec_first_run") or stored.get("provenance")
     total = expected_trials(record)
     plan = plan_study(study, folder, stored, tune.Tuner.can_restore)
-    if not (study.spec.search or storage.is_uri(folder) or growable(stored) is False):
+    if tracks_cells(study, folder, stored):
         record["cell_ids"] = study.cell_ids
         record["experiments"] = list((stored or {}).get("experiments") or [])
         if plan.experiment and not plan.restore:

@@ -34,9 +34,9 @@ def cell_states(study: Study, results: str | Path) -> pd.DataFrame:
         row = {k: _label(cell[k]) for k in keys}
         found = known.get(trial_id)
         if found is not None:
-            epochs = int(found.rows[-1].get("epoch", 0)) if found.rows else 0
             status = cell_status(found)
-            row.update(trial_id=trial_id, state=_STATE.get(status, status), epochs=f"{epochs}/{cell.get('epochs', '?')}")
+            row.update(trial_id=trial_id, state=_STATE.get(status, status),
+                       epochs=f"{found.epochs_done}/{cell.get('epochs', '?')}")
         else:
             row.update(trial_id=trial_id, state="missing", epochs=f"0/{cell.get('epochs', '?')}")
         rows.append(row)

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import BENCHMARKS, EXPERIMENTS
+from bench import compare
 from bench.__main__ import main, merge_results
 from bench.flops import mlp_train_flops
 from bench.raystudy import _status_bytes, _uss_bytes
@@ -138,3 +139,17 @@ def test_process_memory_is_read_from_proc():
     assert status["VmHWM"] >= status["VmRSS"] > 0
     assert status["RssAnon"] + status["RssFile"] + status["RssShmem"] == pytest.approx(status["VmRSS"], abs=1 << 20)
     assert 0 < _uss_bytes(os.getpid()) <= status["VmHWM"]
+
+
+def test_compare_tables_the_medians_and_says_which_way_is_better():
+    samples = {"base": {"mlp_train_s": [1.0, 3.0, 2.0], "compute_k8_steps_per_s": [100.0, 90.0, 110.0]},
+               "this": {"mlp_train_s": [1.5, 1.4, 1.6], "compute_k8_steps_per_s": [80.0, 95.0, 90.0]}}
+    lines = compare.table(samples, "abc1234").splitlines()
+    assert lines[1].split() == ["mlp_train_s", "2", "1.5", "0.750", "yes"]  # a shorter time is better
+    assert lines[2].split() == ["compute_k8_steps_per_s", "100", "90", "0.900", "no"]  # a lower rate is worse
+    assert lines[-1].startswith("medians of 3 samples each")
+
+
+def test_compare_refuses_an_unknown_revision(capsys):
+    assert compare.main(["no-such-revision"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no-such-revision: not a commit of this repository"

@@ -59,6 +59,10 @@ CONTRACT_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "gap_acc
 # Per-trial facts the trial reports with every row; they go to trials.parquet.
 TRIAL_FACTS = ["n_params", "device", "gpu_name", "gpu_ids", "hostname", "node_id", "num_threads",
                "pack_id", "pack_size"]
+# Tune's own bookkeeping keys in a report (not metrics).
+TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
+                       "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
+                       "should_checkpoint", "trial_id"})
 # A report's `status`: "running" until the last one, which says "ok" or "diverged".
 # Readers add "error" (failed out of retries) and "incomplete" (no last report yet).
 ENDED = ("ok", "diverged")
@@ -288,6 +292,11 @@ class CellResult(NamedTuple):
     trial_dir: Path  # the latest folder of the Tune trial that trained it
     pack_id: str | None  # the packed trial it was trained in, if any
 
+    @property
+    def epochs_done(self) -> int:
+        """The epoch of its last report (0 before the first)."""
+        return int(self.rows[-1].get("epoch", 0)) if self.rows else 0
+
 
 def read_cells(folder: Path, trial_ids: Sequence[str] | None = None) -> Iterator[CellResult]:
     """Every cell with a trial folder in the study (or only `trial_ids`), a packed
@@ -305,21 +314,17 @@ def read_cells(folder: Path, trial_ids: Sequence[str] | None = None) -> Iterator
         members = [(i, c) for i, c in zip(pack["ids"], pack["cells"]) if wanted is None or i in wanted]
         if not members:
             continue
-        reports = trial_reports(dirs)
+        rows: dict[str, list[dict]] = {member_id: [] for member_id, _ in members}
+        for report in trial_reports(dirs):
+            metrics = report.get(MEMBERS_KEY)
+            if not isinstance(metrics, dict):
+                continue
+            shared = {k: v for k, v in report.items() if k in TRIAL_FACTS or k in TUNE_KEYS}  # the pack's facts
+            for member_id in rows.keys() & metrics.keys():
+                rows[member_id].append({**shared, **metrics[member_id], "pack_id": folder_id})
         for member_id, cell in members:
-            rows = []
-            for report in reports:
-                metrics = report.get(MEMBERS_KEY)
-                if isinstance(metrics, dict) and member_id in metrics:
-                    shared = {k: v for k, v in report.items() if k in TRIAL_FACTS or k in TUNE_KEYS}
-                    rows.append({**shared, **metrics[member_id], "pack_id": folder_id})
-            yield CellResult(member_id, cell, rows, dirs[-1], folder_id)
+            yield CellResult(member_id, cell, rows[member_id], dirs[-1], folder_id)
 
-
-# Tune's own bookkeeping keys in a report (not metrics).
-TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
-                       "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
-                       "should_checkpoint", "trial_id"})
 
 
 def cell_status(cell: CellResult) -> str:

@@ -95,7 +95,7 @@ class EngineConfig(BaseModel):
 
 # How often (steps) to check the running loss for NaN/inf. Checking forces a device
 # sync, so not every step; a diverged model wastes at most this many steps.
-DIVERGENCE_CHECK_STEPS = 50
+_DIVERGENCE_CHECK_STEPS = 50
 
 
 def make_optimizer(params, cfg: EngineConfig) -> torch.optim.Optimizer:
@@ -114,7 +114,7 @@ def weight_norm(model: nn.Module) -> float:
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(model.parameters())))))
 
 
-CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+_CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
 
 @torch.no_grad()
@@ -233,7 +233,8 @@ class SingleModel(ModelSet):
         self.optimizer = make_optimizer(self.model.parameters(), cfg)
         self.order_rng = torch.Generator().manual_seed(cfg.seed)  # data order, on CPU: same on any device
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.criterion = CRITERIA[cfg.criterion]
+        self.criterion = _CRITERIA[cfg.criterion]
+        self.double_backward = cfg.objective == "grad_norm_sq"
         self.penalty = cfg.weight_decay if cfg.l2_mode == "penalty" and cfg.weight_decay > 0 else 0.0
         self.model.train()
 
@@ -247,7 +248,7 @@ class SingleModel(ModelSet):
         if self.penalty:
             objective = loss + self.penalty * sum(p.square().sum() for p in self.params)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.cfgs[0].objective == "loss":
+        if not self.double_backward:
             objective.backward()
             grads = [p.grad for p in self.params if p.grad is not None]
             grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
@@ -345,7 +346,7 @@ def fit(
             step_log.add(steps + n_steps, losses, grad_norms)
             # A model's non-finite loss does not end the epoch of the others; once
             # every live model has diverged the rest of it is wasted.
-            if n_steps % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum[alive]).any():
+            if n_steps % _DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum[alive]).any():
                 break
             if cfg.max_steps is not None and steps + n_steps >= cfg.max_steps:
                 break

@@ -59,7 +59,9 @@ def collect_tables(folder: Path, trial_ids: list[str] | None = None) -> Tables:
     (an evaluated epoch, or e.g. an interpolation point), each once (a restarted trial
     re-reports what came after its checkpoint; the last report wins). Trials: one row
     per trial with config, final metrics, `status` (ok / diverged / error /
-    incomplete: `trainables.contract.cell_status`), `epochs_done` and wall time.
+    incomplete: `trainables.contract.cell_status`), `epochs_done`, `stopped_early`
+    (by a scheduler) and wall time; a tuned study's trials also name their
+    `tuning_cell`, `role` (search / confirm / baseline), `sample` and `confirms`.
     `trial_ids`: only these trials (the current spec's cells), else all."""
     history_parts, trial_rows, step_parts = [], [], []
     for cell in read_cells(Path(folder), trial_ids):
@@ -77,6 +79,9 @@ def collect_tables(folder: Path, trial_ids: list[str] | None = None) -> Tables:
 def _cell_tables(cell: CellResult) -> tuple[pd.DataFrame | None, dict, pd.DataFrame | None]:
     """One cell's history rows, trials row and step rows, from its reports."""
     config = {k: _hashable(v) for k, v in cell.config.items() if not k.startswith("_")}
+    if cell.tuning:  # a tuned study's trial: its tuning cell and role (trainables.tuning)
+        config.update(tuning_cell=cell.tuning.get("cell"), role=cell.tuning.get("role"),
+                      sample=cell.tuning.get("sample"), confirms=cell.tuning.get("of"))
     record = {"trial_id": cell.trial_id, **config}
     status = cell_status(cell)
     if not cell.rows:
@@ -93,6 +98,9 @@ def _cell_tables(cell: CellResult) -> tuple[pd.DataFrame | None, dict, pd.DataFr
     record.update({f"final_{k}": v for k, v in last.items() if k not in config and k not in ("trial_id", "status")})
     record.update(facts)
     record["epochs_done"] = cell.epochs_done
+    # Ended "ok" but its last report still says "running": a scheduler (ASHA) stopped
+    # it before its budget, so its final metrics are from a smaller budget.
+    record["stopped_early"] = status == "ok" and cell.rows[-1].get("status") == "running"
     record["wall_s"] = float(last.get("time_s", np.nan))
     record["status"] = status
     return frame, record, steps

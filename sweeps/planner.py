@@ -31,9 +31,11 @@ from sweeps.specyaml import SpecError
 from trainables import storage
 from trainables.checkpoint import last_checkpoint
 from trainables.contract import (
-    ENDED, PACK_KEY, RESUME_KEY, TUNE_DIR, cell_statuses, next_experiment, read_record, trial_folders,
+    ENDED, PACK_KEY, RESUME_KEY, TUNE_DIR, cell_status, cell_statuses, next_experiment, read_cells, read_record,
+    trial_folders,
 )
 from trainables.packed import PER_MODEL_KEYS
+from trainables.tuning import SEARCH, Candidate, candidate, study_progress
 
 # What makes two runs the same study; resources, figures and retries may change.
 IDENTITY_KEYS = ("family", "fixed", "grid", "search", "scheduler", "seeds")
@@ -65,7 +67,10 @@ def check_study_dir(study: Study, folder: Path | str) -> dict | None:
         # A grid study may grow or change (new cells become new trials, finished ones
         # are kept, figures show the current cells only); a search, another family or
         # a folder from before trial ids were stable may not.
-        keys = IDENTITY_KEYS if growable(stored) is False or study.spec.search else ("family", "search")
+        # A tuned study's cells keep their searches only under the same search and
+        # scheduler (they decide which trial is best).
+        keys = IDENTITY_KEYS if growable(stored) is False else (
+            ("family", "search", "scheduler") if study.spec.search else ("family", "search"))
         changed = [k for k in keys if stored["spec"].get(k) != mine.get(k)]
         if changed:
             raise SpecError(
@@ -101,9 +106,9 @@ class Plan(NamedTuple):
 
 def tracks_cells(study: Study, folder: Path | str, stored: dict | None) -> bool:
     """Whether the study keeps its cells' ids and experiments in study.json, and so can
-    grow: a grid in a local or shared folder. Searches, and folders in cloud storage
-    or from before trial ids were stable, resume their one experiment as it was."""
-    return not (study.spec.search or storage.is_uri(folder) or growable(stored) is False)
+    grow: a grid or tuned study in a local or shared folder. Folders in cloud storage
+    or from before trial ids were stable resume their one experiment as it was."""
+    return not (storage.is_uri(folder) or growable(stored) is False)
 
 
 def plan_study(study: Study, folder: Path | str, stored: dict | None, can_restore) -> Plan:
@@ -111,32 +116,84 @@ def plan_study(study: Study, folder: Path | str, stored: dict | None, can_restor
     experiment folder can be resumed (Tune's own check, passed in by the runner)."""
     if not tracks_cells(study, folder, stored):
         path = storage.join(str(folder), TUNE_DIR) if storage.is_uri(folder) else str(Path(folder) / TUNE_DIR)
-        return Plan(TUNE_DIR, can_restore(path), study.cells, 0)
+        return Plan(TUNE_DIR, can_restore(path), study.tuning_cells if study.spec.search else study.cells, 0)
     return plan_grid(study, Path(folder), stored, can_restore)
 
 
 def plan_grid(study: Study, folder: Path, stored: dict | None, can_restore) -> Plan:
     """Decide from the study folder which cells of a grid still need training (see the
-    module docstring)."""
-    ids = study.cell_ids
+    module docstring). A tuned study's cells are its tuning cells (Study.tuning_cells):
+    one is done when its search, confirm and baseline trials all ended."""
+    tuned = study.spec.search is not None
+    ids, all_cells = (study.tuning_ids, study.tuning_cells) if tuned else (study.cell_ids, study.cells)
     experiments = (stored or {}).get("experiments") or []
     if not experiments:
-        return Plan(TUNE_DIR, False, study.cells, 0)
-    status = cell_statuses(folder, ids)
-    done = {i for i in ids if status.get(i) in ENDED}
-    todo = [(i, c) for i, c in zip(ids, study.cells) if i not in done]
+        return Plan(TUNE_DIR, False, all_cells, 0)
+    if tuned:
+        record = {"spec": json.loads(study.spec.model_dump_json())}
+        done = {i for i, p in study_progress(folder, record, ids).items() if p.done}
+    else:
+        status = cell_statuses(folder, ids)
+        done = {i for i in ids if status.get(i) in ENDED}
+    todo = [(i, c) for i, c in zip(ids, all_cells) if i not in done]
     if not todo:
         return Plan(None, False, [], len(done))
     latest = experiments[-1]
     if ({i for i in latest["cell_ids"] if i not in done} == {i for i, _ in todo}
             and can_restore(str(Path(folder) / latest["name"]))):
         return Plan(latest["name"], True, [], len(done))
-    folders = trial_folders(folder)
-    cells = []
-    for i, cell in todo:
-        checkpoint = last_checkpoint(folders[i][-1]) if i in folders else None
-        cells.append({**cell, RESUME_KEY: str(checkpoint.parent)} if checkpoint else cell)
+    if tuned:  # each cell's searcher picks up its trials on disk (tuning_priors)
+        cells = [cell for _, cell in todo]
+    else:
+        folders = trial_folders(folder)
+        cells = []
+        for i, cell in todo:
+            checkpoint = last_checkpoint(folders[i][-1]) if i in folders else None
+            cells.append({**cell, RESUME_KEY: str(checkpoint.parent)} if checkpoint else cell)
     return Plan(next_experiment(folder, [e["name"] for e in experiments]), False, cells, len(done))
+
+
+class Prior(NamedTuple):
+    """A trial of a tuning cell from an earlier experiment of the study, for its
+    searcher (sweeps.cellsearch) to pick up."""
+
+    trial_id: str
+    role: str  # trainables.tuning.SEARCH / CONFIRM / BASELINE
+    sample: int | None
+    seed: int
+    params: dict  # its nuisance values
+    ended: bool  # ended ok or diverged; else it is proposed again, from its checkpoint if it has one
+    candidate: Candidate | None  # a search trial's metric
+    resume: str | None  # its last checkpoint folder, if any
+    of: str | None = None  # a confirm trial: the search trial whose values it repeats
+
+
+def tuning_priors(study: Study, folder: Path | str, cell_ids: list[str]) -> dict[str, list[Prior]]:
+    """Tuning cell id -> its trials already in the study folder (none in a new or
+    cloud folder)."""
+    out: dict[str, list[Prior]] = {i: [] for i in cell_ids}
+    if storage.is_uri(folder) or not Path(folder).exists():
+        return out
+    space = list(study.spec.search.space)
+    for result in read_cells(Path(folder), cell_ids):
+        info = result.tuning or {}
+        if info.get("cell") not in out:
+            continue
+        status = cell_status(result)
+        checkpoint = last_checkpoint(result.trial_dir)
+        out[info["cell"]].append(Prior(
+            result.trial_id, info["role"], info.get("sample"), result.config.get("seed"),
+            {k: result.config[k] for k in space if k in result.config}, status in ENDED,
+            candidate(result, study.spec.search.metric) if info["role"] == SEARCH else None,
+            str(checkpoint.parent) if checkpoint else None, info.get("of")))
+    return out
+
+
+def tuning_configs(study: Study) -> dict[str, dict[int, dict]]:
+    """Tuning cell id -> seed -> that cell's resolved config on that seed."""
+    per = len(study.spec.seeds)
+    return {i: dict(zip(study.spec.seeds, study.cells[k * per:(k + 1) * per]))
+            for k, i in enumerate(study.tuning_ids)}
 
 
 def varying_keys(study: Study) -> list[str]:

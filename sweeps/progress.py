@@ -13,7 +13,7 @@ import time
 from ray import tune
 
 from sweeps.planner import trial_size
-from trainables.contract import CELL_KEY, MEMBERS_KEY, PACK_KEY, flat_config
+from trainables.contract import CELL_KEY, MEMBERS_KEY, PACK_KEY, TUNING_KEY, flat_config
 
 
 def _fmt(value) -> str:
@@ -45,7 +45,11 @@ class ProgressPrinter(tune.Callback):
             cells = trial.config[PACK_KEY]["cells"]
             spans = {k: list(dict.fromkeys(_fmt(c.get(k)) for c in cells)) for k in self.varying}
             return f"pack of {len(cells)}: " + " ".join(f"{k}={','.join(v)}" for k, v in spans.items())
-        return self._cell_label(flat_config(trial.config))
+        label = self._cell_label(flat_config(trial.config))
+        tuning = trial.config.get(TUNING_KEY)
+        if tuning:  # a tuned study's trial: which part of its cell's tuning it is
+            label += f" ({tuning['role']}" + (f" {tuning['sample'] + 1}" if tuning.get("sample") is not None else "") + ")"
+        return label
 
     def _cell_label(self, config: dict) -> str:
         return " ".join(f"{k}={_fmt(config.get(k))}" for k in self.varying)

@@ -29,6 +29,7 @@ from sweeps.workerenv import WORKER_ENV
 from trainables import storage
 from trainables.contract import ENDED, cell_statuses, expected_trials, require_record, write_record
 from trainables.families import get_family
+from trainables.tuning import study_progress
 
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -121,7 +122,7 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     total = expected_trials(record)
     plan = plan_study(study, folder, stored, tune.Tuner.can_restore)
     if tracks_cells(study, folder, stored):
-        record["cell_ids"] = study.cell_ids
+        record["cell_ids"] = study.tuning_ids if study.spec.search else study.cell_ids
         record["experiments"] = list((stored or {}).get("experiments") or [])
         if plan.experiment and not plan.restore:
             record["experiments"].append({"name": plan.experiment,
@@ -136,11 +137,15 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     packs = packs_for(study, plan.cells, folder) if study.spec.pack > 1 and not plan.restore else None
     each = f"{resources['cpu']:g} CPU" + (f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
     what = f"{study.study_name}: {total} trials, {each}"
+    if study.spec.search:
+        what = f"{study.study_name}: {tuned_summary(study, total)}, {each}"
     if packs is not None:
         what = f"{study.study_name}: {len(plan.cells)} trials packed into {len(packs)} (up to {study.spec.pack} models), {each}"
 
     trainable = tuneconfig.trainable(study, data, resources)
-    printer = progress_printer(study, total if plan.restore or not plan.done else len(plan.cells), progress_every)
+    searcher = tuneconfig.searcher_for(study, plan.cells, folder) if study.spec.search and not plan.restore else None
+    this_run = searcher.planned() if searcher is not None else len(plan.cells)
+    printer = progress_printer(study, total if plan.restore or not plan.done else this_run, progress_every)
     tune_path = storage.join(folder, plan.experiment) if storage.is_uri(folder) else str(Path(folder) / plan.experiment)
     if plan.restore:
         print(f"resuming {what} from {tune_path}", flush=True)
@@ -150,19 +155,25 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         if plan.done:
-            print(f"{study.study_name}: {plan.done} of {len(study.cells)} trials done and kept; training "
-                  f"{len(plan.cells)} more{f' in {len(packs)} packs' if packs else ''} "
-                  f"({resumed(packs or plan.cells)} {'packs' if packs else 'trials'} from their last checkpoint) "
-                  f"-> {tune_path}", flush=True)
+            if searcher is not None:
+                print(f"{study.study_name}: {plan.done} of {len(study.tuning_cells)} grid cells done and kept; "
+                      f"tuning {len(plan.cells)} more (up to {this_run} trials, each cell from its trials so far) "
+                      f"-> {tune_path}", flush=True)
+            else:
+                print(f"{study.study_name}: {plan.done} of {len(study.cells)} trials done and kept; training "
+                      f"{len(plan.cells)} more{f' in {len(packs)} packs' if packs else ''} "
+                      f"({resumed(packs or plan.cells)} {'packs' if packs else 'trials'} from their last checkpoint) "
+                      f"-> {tune_path}", flush=True)
         else:
             print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
         tuner = tune.Tuner(trainable, param_space=tuneconfig.param_space(study, plan.cells, packs),
-                           tune_config=tuneconfig.tune_config(study),
+                           tune_config=tuneconfig.tune_config(study, searcher),
                            run_config=tuneconfig.run_config(study, folder, plan, [printer, *(callbacks or [])]))
     grid = tuner.fit()
-    # Trials this run should end with: a search's samples; a grid's cells or packs (a
-    # restored grid experiment lists all of its trials, so nothing to compare).
-    expected = total if study.spec.search else 0 if plan.restore else len(packs if packs is not None else plan.cells)
+    # Trials this run should end with: a grid's cells or packs (a restored experiment
+    # lists all of its trials, and a tuned study's searcher decides as it goes, so
+    # nothing to compare: `not_ended` reads what is left from the folder).
+    expected = 0 if plan.restore or study.spec.search else len(packs if packs is not None else plan.cells)
     return _finish(study, folder, grid, expected, report)
 
 
@@ -193,9 +204,24 @@ def not_ended(folder: Path, errors: int) -> int:
     even the unstarted ones, as TERMINATED. Ended: ok or diverged on disk, or failed
     out of retries in this run (`errors`)."""
     record = require_record(folder)
+    if record["spec"].get("search") and "cell_ids" in record:
+        left = sum(p.expected - p.ended for p in study_progress(folder, record).values())
+        return max(0, left - errors)
     statuses = cell_statuses(folder, record.get("cell_ids"))
     ended = sum(s in ENDED for s in statuses.values())
     return max(0, expected_trials(record) - ended - errors)
+
+
+def tuned_summary(study: Study, total: int) -> str:
+    """A tuned study's shape in words, for its first line."""
+    search, seeds = study.spec.search, study.spec.seeds
+    text = (f"{len(study.tuning_cells)} grid cell(s), each its own {search.algo} search of {search.num_samples} "
+            f"trials over {', '.join(search.space)} on seed {seeds[0]} ({search.metric}, {search.mode})")
+    if len(seeds) > 1:
+        text += f", then its best on {len(seeds) - 1} more seed(s)"
+    if search.baseline:
+        text += ", and baseline " + ", ".join(f"{k}={v}" for k, v in search.baseline.items()) + " on every seed"
+    return f"{text}: up to {total} trials"
 
 
 def progress_printer(study: Study, total: int, interval: float):

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -75,13 +76,23 @@ def bounds(dist: Distribution) -> list:
 
 
 class Search(_Strict):
-    algo: Literal["optuna", "random"] = "optuna"
+    """The nuisance values, searched again in every grid cell (trainables/tuning.py):
+    each cell runs `num_samples` trials on the first seed, then its best values are
+    re-run on every other seed."""
+
+    # Optuna's samplers: TPE, scrambled Sobol (quasi-random, the tuning playbook's
+    # exploration), random, and every combination of listed values (`choice`s).
+    # "optuna" is TPE (the name older specs use).
+    algo: Literal["tpe", "qmc", "random", "grid", "optuna"] = "tpe"
     space: dict[str, Distribution] = Field(min_length=1)
-    num_samples: PositiveInt = 20
-    metric: str | None = None  # default: the family's (test_acc for classifiers)
+    num_samples: PositiveInt = 20  # search trials per grid cell
+    metric: str | None = None  # a validation metric; default: the family's, as val_ (val_acc)
     mode: Literal["max", "min"] = "max"
-    seed: NonNegativeInt = 0  # the sampler's seed: the same spec proposes the same trials
+    seed: NonNegativeInt = 0  # the samplers' seed (mixed with each cell's id): a rerun proposes the same trials
     max_concurrent: PositiveInt | None = None  # sequential model-based search learns more when low
+    # Also run these nuisance values (e.g. {lr: 0.001}, a fixed-lr study's) on every
+    # cell and seed, for comparison with the re-tuned results.
+    baseline: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "Search":
@@ -89,8 +100,26 @@ class Search(_Strict):
             if not isinstance(dist, Choice):
                 low, high = next(iter(dist.model_dump().values()))
                 if low >= high:
-                    raise ValueError(f"space.{name}: low {low} must be below high {high}")
+                    raise ValueError(f"space.{name}: low {low} must be below high {high}: the range is empty")
+            elif len({json.dumps(v, sort_keys=True, default=str) for v in dist.choice}) < len(dist.choice):
+                raise ValueError(f"space.{name}: choice lists a value twice")
+        if self.algo == "grid":
+            listed = [name for name, dist in self.space.items() if not isinstance(dist, Choice)]
+            if listed:
+                raise ValueError(f"space.{listed[0]}: algo: grid runs every combination of listed values; "
+                                 f"give them as {{choice: [...]}} (got {next(iter(self.space[listed[0]].model_dump()))})")
+            points = math.prod(len(d.choice) for d in self.space.values())
+            if self.num_samples > points:
+                raise ValueError(f"num_samples: {self.num_samples} is more than the {points} combinations "
+                                 f"algo: grid can run; set num_samples: {points}")
+        for name in self.baseline or {}:
+            if name not in self.space:
+                raise ValueError(f"baseline.{name}: not a searched key (search.space has {', '.join(self.space)})")
         return self
+
+    def distributions(self) -> dict[str, dict]:
+        """The space as the spec writes it: {"lr": {"loguniform": [0.0001, 0.1]}}."""
+        return {name: dist.model_dump() for name, dist in self.space.items()}
 
 
 class Scheduler(_Strict):
@@ -165,6 +194,17 @@ class Study(BaseModel):
     @property
     def cell_ids(self) -> list[str]:
         return [cell_id(self.spec.family, cell) for cell in self.cells]
+
+    @property
+    def tuning_cells(self) -> list[dict]:
+        """A tuned study's grid cells on the first seed, where each cell's search runs
+        (`cells` lists each cell once per seed, seeds innermost)."""
+        return self.cells[::len(self.spec.seeds)]
+
+    @property
+    def tuning_ids(self) -> list[str]:
+        """The tuning cells' content ids: a grown grid keeps the searches of the cells it had."""
+        return [cell_id(self.spec.family, cell) for cell in self.tuning_cells]
 
 
 def cell_id(family: str, cell: dict) -> str:
@@ -268,14 +308,54 @@ def load_study(path: str | Path, profile: str | None = None, pack: int | None = 
     for axis, values in spec.grid.items():
         if not values:
             raise SpecError(f"{path}: grid.{axis}: empty list; give at least one value or remove the axis")
-    if spec.search is not None and spec.grid:
-        raise SpecError(f"{path}: grid: a spec with a search cannot also have grid axes (Optuna samples one space); split it into one spec per grid cell")
-    if spec.search is not None and len(spec.seeds) > 1:
-        raise SpecError(f"{path}: seeds: a search runs one seed (got {len(spec.seeds)}); repeat the best configs as a grid spec to measure seed variance")
+    _check_nuisance_keys(path, spec)
     cells = _resolve_cells(path, spec)
+    if spec.search is not None:
+        spec = spec.model_copy(update={"search": spec.search.model_copy(
+            update={"metric": _search_metric(path, spec, cells[0])})})
     _check_pack(path, spec)
     _check_figures(path, spec, cells)
     return Study(spec=spec, profile=profile, source=str(path), cells=cells)
+
+
+def _check_nuisance_keys(path: Path, spec: Spec) -> None:
+    """A hyperparameter is scientific (a grid axis, compared) or nuisance (searched
+    again in every cell), not both."""
+    if spec.search is None:
+        return
+    for name in spec.search.space:
+        if name in spec.grid:
+            raise SpecError(f"{path}: search.space.{name}: also a grid axis (grid.{name}); a hyperparameter is "
+                            f"either scientific (grid: compared) or nuisance (search: re-tuned per cell), not both")
+        for axis, values in spec.grid.items():
+            for i, value in enumerate(values):
+                if isinstance(value, dict) and name in value:
+                    raise SpecError(f"{path}: search.space.{name}: also set by grid.{axis}[{i}].{name}; "
+                                    f"a searched key cannot also be a grid value")
+    if len(set(spec.seeds)) < len(spec.seeds):
+        raise SpecError(f"{path}: seeds: lists a seed twice ({spec.seeds}); each seed is one confirmation run")
+
+
+def _search_metric(path: Path, spec: Spec, cell: dict) -> str:
+    """The search's metric: a validation metric, never a test one (choosing on the
+    test set makes the reported test numbers optimistic)."""
+    default = get_family(spec.family).default_metric
+    metric = spec.search.metric or "val_" + default.split("_", 1)[-1]
+    keys = ", ".join(spec.search.space)
+    if metric.startswith("test_"):
+        raise SpecError(f"{path}: search.metric: {metric} is a test metric; choosing {keys} by it would select on "
+                        f"the test set and make the reported test results optimistic; use the validation metric "
+                        f"val_{metric.removeprefix('test_')} (with fixed.val_size images held out)")
+    if not metric.startswith("val_"):
+        raise SpecError(f"{path}: search.metric: {metric} is not a validation metric; a search selects {keys} on "
+                        f"held-out images: use val_{metric.split('_', 1)[-1]} (with fixed.val_size)")
+    if "val_size" not in cell:
+        raise SpecError(f"{path}: search.metric: family {spec.family!r} holds out no validation split, so it has "
+                        f"no {metric} to search on")
+    if not cell["val_size"]:
+        raise SpecError(f"{path}: search.metric: {metric} needs a validation split; set fixed.val_size "
+                        f"(training images held out for choosing {keys}, e.g. 5000)")
+    return metric
 
 
 def _resolve_cells(path: Path, spec: Spec) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sweeps.planner import Plan
 from sweeps.schema import Study, cell_id
-from trainables.contract import CELL_KEY, PACK_KEY, flat_config
+from trainables.contract import CELL_KEY, PACK_KEY, TUNING_KEY, flat_config
 from trainables.families import get_family
 
 # Tune's new console output prints its own banners and tables regardless of
@@ -24,8 +24,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 
 def run_trial(config: dict, family: str, data) -> None:
-    """The Tune trainable. A grid trial's config is {"cell": resolved config} (plus a
-    search's sampled values), a packed trial's {"pack": {"cells", "ids", "id"}}; a
+    """The Tune trainable. A grid trial's config is {"cell": resolved config} (a tuned
+    study's trial adds its nuisance values and TUNING_KEY), a packed trial's {"pack": {"cells", "ids", "id"}}; a
     cell carried over from an earlier experiment of the study names its last
     checkpoint under RESUME_KEY, which the family's `restored_state(config)` reads."""
     # One INFO line per checkpoint from Ray Train would flood the driver's console.
@@ -38,18 +38,15 @@ def run_trial(config: dict, family: str, data) -> None:
 
 
 def param_space(study: Study, cells: list[dict], packs: list[dict] | None = None) -> dict:
+    """Tune's param space: the grid's cells or packs; empty for a tuned study, whose
+    searcher (sweeps.cellsearch) proposes every trial's whole config."""
     from ray import tune
 
     if packs is not None:
         return {PACK_KEY: tune.grid_search(packs)}
     if study.spec.search is None:
         return {CELL_KEY: tune.grid_search(cells)}
-    samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
-    space: dict = {CELL_KEY: study.cells[0]}
-    for name, dist in study.spec.search.space.items():
-        (kind, args), = dist.model_dump().items()
-        space[name] = tune.choice(args) if kind == "choice" else samplers[kind](*args)
-    return space
+    return {}
 
 
 def metric_of(study: Study) -> str:
@@ -59,25 +56,37 @@ def metric_of(study: Study) -> str:
     return get_family(study.spec.family).default_metric
 
 
-def tune_trial_id(trial) -> str:
-    return trial.trial_id
-
-
 def cell_trial_id(family: str, trial) -> str:
-    """A grid trial's folder name (and trial_id in the results): its cell's content
-    id, or a pack's id."""
+    """A trial's folder name (and trial_id in the results): its cell's content id, a
+    pack's id, or the id a tuned study's searcher gave it (a content id too)."""
     if PACK_KEY in trial.config:
         return trial.config[PACK_KEY]["id"]
+    if TUNING_KEY in trial.config:
+        return trial.config[TUNING_KEY]["id"]
     return cell_id(family, trial.config[CELL_KEY])
 
 
-def tune_config(study: Study):
+def searcher_for(study: Study, cells: list[dict], folder: Path | str):
+    """The tuned study's searcher over `cells` (tuning cells), each starting from its
+    trials already in `folder`."""
+    from sweeps.cellsearch import CellSearch, TuningCell
+    from sweeps.planner import tuning_configs, tuning_priors
+
+    ids = [cell_id(study.spec.family, cell) for cell in cells]
+    configs = tuning_configs(study)
+    priors = tuning_priors(study, folder, ids)
+    return CellSearch(study.spec.family, [TuningCell(i, configs[i], priors[i]) for i in ids], study.spec.search,
+                      study.spec.seeds)
+
+
+def tune_config(study: Study, searcher=None):
+    """`searcher`: a tuned study's (searcher_for); None for a grid."""
     from ray import tune
 
     spec = study.spec
-    name = tune_trial_id if spec.search else functools.partial(cell_trial_id, spec.family)
+    name = functools.partial(cell_trial_id, spec.family)
     kwargs: dict = dict(
-        num_samples=spec.search.num_samples if spec.search else 1,
+        num_samples=searcher.planned() if searcher is not None else 1,
         trial_dirname_creator=name,
         trial_name_creator=name,
         # A trial runs in a worker process kept from an earlier trial of the study, not
@@ -89,25 +98,20 @@ def tune_config(study: Study):
     )
     if spec.search or spec.scheduler:
         kwargs.update(metric=metric_of(study), mode=spec.search.mode if spec.search else "max")
-    if spec.search:
-        if spec.search.algo == "optuna":
-            import optuna
-            from ray.tune.search.optuna import OptunaSearch
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            kwargs["search_alg"] = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
-        else:
-            from ray.tune.search.basic_variant import BasicVariantGenerator
-
-            kwargs["search_alg"] = BasicVariantGenerator(random_state=spec.search.seed)
+    if searcher is not None:
+        kwargs["search_alg"] = searcher
         kwargs["max_concurrent_trials"] = spec.search.max_concurrent
     if spec.scheduler:
-        from ray.tune.schedulers import ASHAScheduler
+        asha = dict(time_attr="epoch", max_t=max(c["epochs"] for c in study.cells),
+                    grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
+        if spec.search:
+            from sweeps.cellsearch import CellASHA
 
-        kwargs["scheduler"] = ASHAScheduler(
-            time_attr="epoch", max_t=max(c["epochs"] for c in study.cells),
-            grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
-        )
+            kwargs["scheduler"] = CellASHA(metric_of(study), spec.search.mode, **asha)
+        else:
+            from ray.tune.schedulers import ASHAScheduler
+
+            kwargs["scheduler"] = ASHAScheduler(**asha)
     return tune.TuneConfig(**kwargs)
 
 

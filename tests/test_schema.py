@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.schema import PROFILES, load_study
+from sweeps.schema import PROFILES, cell_id, load_study
 from sweeps.specyaml import SpecError, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,6 +97,20 @@ def test_wd_spec_grid_and_profiles():
         (0.0, 200, 1, 0.25, 32), (0.01, 200, 1, 0.25, 32)]
     quick = load_study(REPO / "sweeps" / "wd.yaml", "quick")
     assert len(quick.cells) == 4 and all(c["epochs"] == 8 and c["test_size"] == 2000 for c in quick.cells)
+
+
+def test_a_tuned_spec_has_a_search_per_grid_cell_on_the_first_seed(tmp_path):
+    path = write_spec(tmp_path, spec_with(
+        fixed={"model": "mlp", "epochs": 1, "val_size": 500}, grid={"weight_decay": [0, 0.01, 0.1]}, seeds=[3, 1],
+        search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}, "num_samples": 4, "baseline": {"lr": 0.01}}))
+    study = load_study(path)
+    assert len(study.cells) == 6  # 3 cells x 2 seeds, seeds innermost
+    assert [c["seed"] for c in study.tuning_cells] == [3, 3, 3]
+    assert [c["weight_decay"] for c in study.tuning_cells] == [0, 0.01, 0.1]
+    assert study.tuning_ids == [cell_id("classifier", c) for c in study.tuning_cells]
+    assert "lr" not in study.tuning_cells[0]  # the nuisance value is searched, not a cell value
+    assert study.spec.search.metric == "val_acc"  # the family's metric, on the validation split
+    assert study.spec.search.algo == "tpe" and study.spec.search.baseline == {"lr": 0.01}
 
 
 def test_lr_spec_search_space_is_read_as_floats():
@@ -188,8 +202,42 @@ BAD_SPECS = [
      None, ["search.num_sample", "did you mean 'num_samples'"]),
     ("search-unknown-distribution", spec_with(grid=None, search={"space": {"lr": {"normal": [0.1, 0.2]}}}), None,
      ["search.space.lr"]),
-    ("search-and-grid", spec_with(search={"space": {"momentum": {"uniform": [0.1, 0.5]}}}), None,
-     ["grid", "search"]),
+    # Scientific (grid) vs nuisance (search) values; the search's metric.
+    ("nuisance-also-grid-axis", spec_with(fixed={"model": "mlp", "epochs": 1, "val_size": 500},
+                                          search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}), None,
+     ["search.space.lr: also a grid axis (grid.lr)", "scientific", "nuisance"]),
+    ("nuisance-also-fixed", spec_with(grid=None, fixed={"model": "mlp", "epochs": 1, "val_size": 500, "lr": 0.1},
+                                      search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}), None,
+     ["fixed.lr: also set in grid/search"]),
+    ("nuisance-in-a-variant", spec_with(fixed={"model": "mlp", "epochs": 1, "val_size": 500},
+                                        grid={"opt": [{"name": "a", "lr": 0.1}, {"name": "b", "lr": 0.2}]},
+                                        search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}), None,
+     ["search.space.lr: also set by grid.opt[0].lr"]),
+    ("search-on-test-metric", spec_with(grid={"weight_decay": [0, 0.01]}, fixed={"model": "mlp", "epochs": 1, "val_size": 500},
+                                        search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}, "metric": "test_acc"}),
+     None, ["search.metric: test_acc is a test metric", "select on the test set", "val_acc"]),
+    ("search-on-train-metric", spec_with(grid=None, fixed={"model": "mlp", "epochs": 1, "val_size": 500},
+                                         search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}, "metric": "train_loss",
+                                                 "mode": "min"}),
+     None, ["search.metric: train_loss is not a validation metric", "val_loss"]),
+    ("search-without-val-split", spec_with(grid={"weight_decay": [0, 0.01]},
+                                           search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}), None,
+     ["search.metric: val_acc needs a validation split; set fixed.val_size"]),
+    ("num-samples-zero", spec_with(grid=None, search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}, "num_samples": 0}),
+     None, ["search.num_samples", "greater than 0"]),
+    ("grid-algo-without-values", spec_with(grid=None, search={"algo": "grid", "space": {"lr": {"loguniform": [1e-3, 0.1]}}}),
+     None, ["search.space.lr: algo: grid runs every combination of listed values", "{choice: [...]}", "loguniform"]),
+    ("grid-algo-more-samples-than-points", spec_with(grid=None, search={"algo": "grid", "num_samples": 5,
+                                                                        "space": {"lr": {"choice": [0.01, 0.1]}}}),
+     None, ["search.num_samples: 5 is more than the 2 combinations"]),
+    ("randint-empty-range", spec_with(grid=None, search={"space": {"batch_size": {"randint": [32, 32]}}}), None,
+     ["search.space.batch_size: low 32 must be below high 32: the range is empty"]),
+    ("baseline-not-searched", spec_with(grid=None, search={"space": {"lr": {"loguniform": [1e-3, 0.1]}},
+                                                            "baseline": {"momentum": 0.9}}), None,
+     ["search.baseline.momentum: not a searched key"]),
+    ("tuned-seed-twice", spec_with(grid=None, seeds=[0, 0], fixed={"model": "mlp", "epochs": 1, "val_size": 500},
+                                   search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}), None,
+     ["seeds: lists a seed twice"]),
     ("search-bad-bound", spec_with(grid=None, search={"space": {"momentum": {"uniform": [0.5, 1.5]}}}), None,
      ["search.space.momentum"]),
     ("unknown-profile-requested", spec_with(profiles={"smoke": {"fixed": {"epochs": 1}}}), "fast",
@@ -207,8 +255,6 @@ BAD_SPECS = [
     ("missing-family", spec_with(family=None), None, ["family", "Field required"]),
     ("bad-figure-column", spec_with(figures=[{"kind": "final", "x": "lrr", "y": ["test_acc"]}]), None,
      ["figures[0].x", "did you mean 'lr'"]),
-    ("search-with-seeds", spec_with(grid=None, seeds=[0, 1], search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}),
-     None, ["seeds", "one seed"]),
     ("model-arg-in-grid", spec_with(grid={"lr": [0.01], "hidden": [[32], [0]]}), None, ["grid.hidden[1]"]),
     ("val-size-too-big", spec_with(fixed={"model": "mlp", "epochs": 1, "val_size": 60_000}), None,
      ["fixed.val_size"]),

@@ -51,6 +51,7 @@ CELL_KEY = "cell"  # a grid trial's config key: its cell's resolved config
 PACK_KEY = "pack"  # a packed trial's config key: {"cells": [...], "ids": [...], "id": "pack-..."}
 MEMBERS_KEY = "members"  # a packed trial's report key: cell id -> that cell's metric row
 STEPS_KEY = "steps"  # a report's per-step records: {"step": [...], "loss": [...], ...}
+TUNING_KEY = "tuning"  # a tuned study's trial: {"cell", "role", "sample", "of", "id"} (trainables/tuning.py)
 RESUME_KEY = "_resume_from"  # a carried-over cell's last checkpoint folder (bookkeeping, not identity)
 
 # Reported by every trial row; columns not here and not metrics are config.
@@ -176,9 +177,16 @@ def write_record(folder: Path | str, record: dict) -> None:
 
 
 def expected_trials(record: dict) -> int:
-    """Trials a study should end with: a search's samples, else its cells."""
-    search = record["spec"].get("search")
-    return search["num_samples"] if search else record["n_cells"]
+    """Trials a study should end with: its cells; a tuned study's (a search) per grid
+    cell its search, confirm and baseline trials (trainables.tuning.trials_per_cell,
+    when every cell's search finds a best)."""
+    spec = record["spec"]
+    search = spec.get("search")
+    if not search:
+        return record["n_cells"]
+    seeds = len(spec.get("seeds") or [0])
+    per_cell = search["num_samples"] + (seeds - 1) + (seeds if search.get("baseline") else 0)
+    return record["n_cells"] // seeds * per_cell
 
 
 # ---------------------------------------------------------------------------
@@ -234,8 +242,8 @@ def read_rows(path: Path) -> list[dict]:
 
 def flat_config(config: dict) -> dict:
     """A grid or search trial's Tune config as one dict: its cell's values (CELL_KEY),
-    then a search's sampled ones."""
-    return {**config.get(CELL_KEY, {}), **{k: v for k, v in config.items() if k != CELL_KEY}}
+    then a search's sampled ones (a tuned trial's TUNING_KEY is bookkeeping, left out)."""
+    return {**config.get(CELL_KEY, {}), **{k: v for k, v in config.items() if k not in (CELL_KEY, TUNING_KEY)}}
 
 
 def trial_params(trial_dir: Path) -> dict | None:
@@ -291,6 +299,7 @@ class CellResult(NamedTuple):
     rows: list[dict]  # its reports in order (a packed member's own rows, with the pack's facts)
     trial_dir: Path  # the latest folder of the Tune trial that trained it
     pack_id: str | None  # the packed trial it was trained in, if any
+    tuning: dict | None = None  # a tuned study's trial: its TUNING_KEY (trainables.tuning)
 
     @property
     def epochs_done(self) -> int:
@@ -299,7 +308,8 @@ class CellResult(NamedTuple):
 
 
 def read_cells(folder: Path, trial_ids: Sequence[str] | None = None) -> Iterator[CellResult]:
-    """Every cell with a trial folder in the study (or only `trial_ids`), a packed
+    """Every cell with a trial folder in the study (or only `trial_ids`: cell ids, or a
+    tuned study's tuning cell ids, which select every trial of those cells), a packed
     trial expanded into its member cells."""
     wanted = None if trial_ids is None else set(trial_ids)
     for folder_id, dirs in trial_folders(Path(folder)).items():
@@ -307,8 +317,9 @@ def read_cells(folder: Path, trial_ids: Sequence[str] | None = None) -> Iterator
         if params is None:
             continue
         if PACK_KEY not in params:
-            if wanted is None or folder_id in wanted:
-                yield CellResult(folder_id, flat_config(params), trial_reports(dirs), dirs[-1], None)
+            tuning = params.get(TUNING_KEY)
+            if wanted is None or folder_id in wanted or (tuning is not None and tuning.get("cell") in wanted):
+                yield CellResult(folder_id, flat_config(params), trial_reports(dirs), dirs[-1], None, tuning)
             continue
         pack = params[PACK_KEY]
         members = [(i, c) for i, c in zip(pack["ids"], pack["cells"]) if wanted is None or i in wanted]

@@ -3,10 +3,13 @@ one PNG; lines are means over seeds with a 95% bootstrap confidence band.
 
 - `curves`: metrics against epoch, a line per `hue` value, a panel per `col` value.
 - `final`: the last evaluation's metrics against a hyperparameter `x`.
+
+A tuned study's kinds (`isolation`, `axis`) are in analysis/studies/tuned.py.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -60,7 +63,7 @@ def palette_column(frame: pd.DataFrame, hue: str | None) -> str | None:
     return f"{hue} "
 
 
-def _palette(frame: pd.DataFrame, hue: str | None) -> str | None:
+def palette_name(frame: pd.DataFrame, hue: str | None) -> str | None:
     """An ordered colour map for numbers; distinct colours for names (variants such as
     architectures have no order, and neighbours on viridis are hard to tell apart)."""
     if hue is None:
@@ -275,7 +278,7 @@ def curves(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pa
             panel = data if col is None else data[data[col] == value]
             # markers: a trial stopped early by a scheduler may have a single point
             sns.lineplot(panel, x=x, y=y, hue=hue, errorbar=("ci", 95), ax=ax, marker="o", markersize=3,
-                         palette=_palette(data, fig_spec.get("hue")), legend=(r == 0 and c == len(cols) - 1))
+                         palette=palette_name(data, fig_spec.get("hue")), legend=(r == 0 and c == len(cols) - 1))
             log_axis(ax, "x", fig_spec.get("logx"))
             log_axis(ax, "y", fig_spec.get("logy"))
             ax.set_ylabel(label(y) if c == 0 else "")
@@ -312,18 +315,15 @@ def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pat
         return None
     hue = palette_column(last, fig_spec.get("hue"))
     logx = fig_spec.get("logx", False)
-    zero = bool(logx and (last[x] <= 0).any())
-    stand_in = None
+    stand_in = zero_stand_in(last[x], logx)
+    zero = stand_in is not None
     if zero:
-        # log axes cannot show 0: place it one decade below the smallest positive value
-        positive = last.loc[last[x] > 0, x]
-        stand_in = positive.min() / 10 if len(positive) else 1e-6
         last[x] = last[x].where(last[x] > 0, stand_in)
     fig, axes = plt.subplots(1, len(ys), figsize=(4.5 * len(ys) + 1.5, 3.4), squeeze=False)
     for c, y in enumerate(ys):
         ax = axes[0][c]
         sns.lineplot(last, x=x, y=y, hue=hue, marker="o", errorbar=("ci", 95), ax=ax,
-                     palette=_palette(last, fig_spec.get("hue")), legend=(c == len(ys) - 1))
+                     palette=palette_name(last, fig_spec.get("hue")), legend=(c == len(ys) - 1))
         # with a 0 stand-in: ticks at the grid values only (as many as fit), the stand-in labelled "0"
         log_axis(ax, "x", logx, fixed=sorted(last[x].unique()) if zero else None, zero=stand_in)
         log_axis(ax, "y", fig_spec.get("logy"))
@@ -335,6 +335,18 @@ def final(history: pd.DataFrame, trials: pd.DataFrame, fig_spec: dict, path: Pat
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1.0))
     save_figure(fig, fig_spec, path)
     return path
+
+
+def zero_stand_in(values: pd.Series, logx: bool | int | None) -> float | None:
+    """Where 0 goes on a log x axis, which cannot show it: one decade below the
+    smallest positive value (1e-6 when there is none); None when the axis is linear
+    or every value is positive. Callers move the zeros there and pass it to
+    `log_axis(..., zero=...)`, which labels it '0'."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    if not logx or not (numbers <= 0).any():
+        return None
+    positive = numbers[numbers > 0]
+    return float(positive.min() / 10) if len(positive) else 1e-6
 
 
 def save_figure(fig: matplotlib.figure.Figure, fig_spec: dict, path: Path) -> None:
@@ -349,16 +361,23 @@ def save_figure(fig: matplotlib.figure.Figure, fig_spec: dict, path: Path) -> No
     tmp.replace(path)  # atomic: a crash never leaves half a PNG under the real name
 
 
-FigureFunction = Callable[[pd.DataFrame, pd.DataFrame, dict, Path], "Path | None"]
+FigureFunction = Callable[..., "Path | None"]
 # Figure kinds. A study module adds its special ones (a confusion matrix, weight
 # templates, ...) with @register_figure("kind"): the function gets (history, trials,
 # its figure spec, the PNG path) and returns the path it wrote, or None when the data
-# hold nothing to draw. The study folder is `path.parent.parent` (for artifacts
-# such as checkpoints).
+# hold nothing to draw. A function with a keyword parameter `spec` also gets the
+# study's spec (a dict, as study.json holds it: e.g. its search space and grid); see
+# `wants_spec`. The study folder is `path.parent.parent` (for artifacts such as
+# checkpoints).
 KINDS: Registry[FigureFunction] = Registry("figure kind")
 KINDS.add("curves", curves)
 KINDS.add("final", final)
 register_figure = KINDS.register
+
+
+def wants_spec(function: FigureFunction) -> bool:
+    """Whether a figure function takes the study's spec (a keyword parameter `spec`)."""
+    return "spec" in inspect.signature(function).parameters
 
 
 def figure_name(index: int, fig_spec: dict) -> str:
@@ -369,7 +388,30 @@ def figure_name(index: int, fig_spec: dict) -> str:
 
 
 def default_figures(study: dict) -> list[dict]:
-    """When a spec lists no figures: the test metric against epoch by the first grid axis."""
-    grid = list(study["spec"].get("grid") or {})
+    """When a spec lists no figures: the test metric against epoch by the first grid
+    axis. A tuned study (a search): each cell's best nuisance values against the first
+    grid axis (`isolation`, the second axis as hue) and every search trial against its
+    nuisance values (`axis`); curves would average trials of different nuisance
+    values, so they are left out."""
+    spec = study["spec"]
+    grid = list(spec.get("grid") or {})
+    if spec.get("search"):
+        axis = {"kind": "axis", "y": []}
+        if not grid:
+            return [axis]
+        return [{"kind": "isolation", "x": grid[0], "hue": grid[1] if len(grid) > 1 else None, "y": [],
+                 "logx": auto_log(spec["grid"][grid[0]])}, axis]
     return [{"kind": "curves", "y": ["test_acc", "gap_acc"], "hue": grid[0] if grid else None,
              "col": grid[1] if len(grid) > 1 else None}]
+
+
+def auto_log(values: list) -> bool | int:
+    """The log axis for grid values: 2 for powers of two (batch sizes), True when the
+    positive values span 10x or more (weight decays, training-set sizes), else False."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    positive = [float(v) for v in numbers if v > 0]
+    if len(numbers) != len(values) or len(positive) < 2:
+        return False
+    if len(positive) == len(numbers) and all(_power_of_two(v) is not None and v >= 1 for v in positive):
+        return 2
+    return True if max(positive) / min(positive) >= 10 else False

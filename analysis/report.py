@@ -16,10 +16,15 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import collect_tables
-from analysis.figures import KINDS, default_figures, figure_name, label
+from analysis.figures import KINDS, default_figures, figure_name, label, wants_spec
+from analysis.tuning import (
+    baseline_label, baseline_runs, best_trials, boundary_lines, confirmed_runs, is_tuned, test_metric,
+    unfinished_cells, value_label as _value_label,
+)
 from trainables.errors import UserError
 from trainables.families import suggest
 from trainables.contract import HISTORY_FILE, REPORT_DIR, STEPS_FILE, TRIALS_FILE, expected_trials, require_record
+from trainables.tuning import EDGE_FRACTION
 
 
 def figure_kinds() -> dict:
@@ -29,9 +34,14 @@ def figure_kinds() -> dict:
     return KINDS
 
 
-def check_figures(figures: list[dict], source: str) -> None:
+_TUNED_KINDS = ("isolation", "axis")  # figure kinds that draw a tuned study's search
+
+
+def check_figures(figures: list[dict], source: str, spec: dict | None = None) -> None:
     """Refuse, in one line naming the spec file and key, a figure of an unknown kind
-    or a built-in kind without what it needs (`figures` as in the spec: dicts)."""
+    or a built-in kind without what it needs (`figures` as in the spec: dicts).
+    `spec` (the spec as a dict, optional): also check what the tuned-study kinds need
+    from it (a search; for `isolation`, grid axes as x and hue)."""
     kinds = figure_kinds()
     for i, fig in enumerate(figures):
         kind = fig.get("kind")
@@ -42,6 +52,26 @@ def check_figures(figures: list[dict], source: str) -> None:
             raise UserError(f"{source}: figures[{i}].y: name at least one metric to plot")
         if kind == "final" and fig.get("x") is None:
             raise UserError(f"{source}: figures[{i}].x: a 'final' figure needs x (the hyperparameter on the x axis)")
+        if kind in _TUNED_KINDS and spec is not None:
+            _check_tuned_figure(fig, f"{source}: figures[{i}]", spec)
+
+
+def _check_tuned_figure(fig: dict, where: str, spec: dict) -> None:
+    kind = fig["kind"]
+    if not spec.get("search"):
+        raise UserError(f"{where}.kind: an {kind!r} figure shows a search re-tuned per grid cell; "
+                        f"this spec has no search: (add one, or remove the figure)")
+    grid = list(spec.get("grid") or {})
+    if kind != "isolation":
+        return
+    if not grid:
+        raise UserError(f"{where}.kind: an 'isolation' figure draws results against a grid axis; this spec has no "
+                        f"grid: (use kind 'axis' or 'final' for a search without grid axes)")
+    for role in ("x", "hue"):
+        column = fig.get(role)
+        if column is not None and column not in grid:
+            raise UserError(f"{where}.{role}: {column!r} is not a grid axis (grid: {', '.join(grid)})"
+                            f"{suggest(str(column), grid)}")
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -58,25 +88,18 @@ def _varying(study: dict) -> list[str]:
     return keys
 
 
-def _value_label(value) -> str:
-    """A grid value as the trials table holds it: a variant by its name, a list joined
-    by '-' (as analysis.collect does), a number in short form."""
-    if isinstance(value, dict):
-        return str(value.get("name") or ",".join(f"{k}={v}" for k, v in value.items()))
-    if isinstance(value, list):
-        return "-".join(map(str, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def unfinished_trials(trials: pd.DataFrame, study: dict) -> list[str]:
     """The grid cells (x seeds) that have no finished trial, named by their varying
     hyperparameters: 'weight_decay=0.01, seed=1 (unfinished, trial <id>)' or
-    '... (not started)'; for a search, the sampled trials that did not finish and the
-    samples not drawn yet. Finished: ok, diverged, or error (out of retries)."""
+    '... (not started)'; a tuned study: per tuning cell, the search, confirm and
+    baseline trials not finished (`analysis.tuning.unfinished_cells`). Finished: ok,
+    diverged, or error (out of retries)."""
     spec = study["spec"]
+    if is_tuned(spec) and (spec.get("grid") or "role" in trials):
+        return unfinished_cells(trials, spec)  # per tuning cell: search, confirm and baseline trials
     finished = {"ok", "diverged", "error"}
     rows = trials.to_dict("records") if "status" in trials else []
-    if spec.get("search"):
+    if spec.get("search"):  # a search run before tuning cells: its trials only
         names = [f"trial {r['trial_id']} ("
                  + ", ".join(f"{k}={_value_label(r.get(k))}" for k in spec["search"]["space"]) + ", unfinished)"
                  for r in rows if r["status"] not in finished]
@@ -168,9 +191,101 @@ def summary_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
     return out.sort_values("params", kind="stable") if "params" in out else out
 
 
+def tuned_table(trials: pd.DataFrame, study: dict) -> pd.DataFrame:
+    """A tuned study's table, one row per tuning cell (analysis.tuning.best_trials):
+    its grid values, the best value of each nuisance key, the search metric of the
+    best search trial, the test metric of the best values as mean ± std over seeds
+    with n (the best search trial and the confirm trials that repeat it), the
+    baseline's likewise (with `search.baseline`), the search trials finished and how
+    many of them diverged ('2/8')."""
+    spec = study["spec"]
+    search = spec["search"]
+    best = best_trials(trials, spec)
+    if best.empty:
+        return pd.DataFrame()
+    metric, test = search["metric"], test_metric(search["metric"])
+    # grid values as the cells' labels show them (0.01, not 0.0100)
+    out = pd.DataFrame({k: [_value_label(v) for v in best[k]] for k in spec.get("grid") or {}}, index=best.index)
+    for key in search["space"]:
+        out[key] = [_nuisance_text(v) for v in best[key]]
+    values = pd.to_numeric(best[metric], errors="coerce")
+    out[metric] = mean_std_column(list(values), [math.nan] * len(best), list(values.notna().astype(int)))
+    _spread_columns(out, best, confirmed_runs(trials, spec, best), test, test, "n")
+    fixed = baseline_label(spec)
+    if fixed:
+        _spread_columns(out, best, baseline_runs(trials), test, f"{test} ({fixed})", f"n ({fixed})")
+    out["search trials"] = list(best["n_search"])
+    out["diverged"] = [f"{d}/{n}" for d, n in zip(best["n_diverged"], best["n_search"])]
+    return out
+
+
+def _nuisance_text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"  # no search trial of the cell ran its whole budget (yet)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _spread_columns(out: pd.DataFrame, best: pd.DataFrame, runs: pd.DataFrame, metric: str, name: str,
+                    n_name: str) -> None:
+    """Add `name` (mean ± std of final_`metric` over a cell's `runs`) and `n_name`."""
+    column = f"final_{metric}"
+    if runs.empty:  # nothing finished yet: the column says so
+        out[name], out[n_name] = "n/a", 0
+        return
+    if column not in runs:  # a family without this metric
+        return
+    grouped = pd.to_numeric(runs[column], errors="coerce").groupby(runs["tuning_cell"])
+    cells = list(best["tuning_cell"])
+    means, stds = grouped.mean().reindex(cells), grouped.std().reindex(cells)
+    counts = grouped.count().reindex(cells).fillna(0).astype(int)
+    out[name] = mean_std_column(list(means), list(stds), list(counts))
+    out[n_name] = list(counts)
+
+
+def _tables(trials: pd.DataFrame, study: dict) -> list[tuple[str, pd.DataFrame]]:
+    """(heading, table) pairs for the report: a tuned study's best values per cell
+    (and, for a search without grid axes, its trials ranked), else the final metrics."""
+    if not len(trials):
+        return []
+    spec = study["spec"]
+    if not is_tuned(spec):
+        return [("Final metrics", summary_table(trials, study))]
+    keys = ", ".join(spec["search"]["space"])
+    tables = [(f"Best {keys} per tuning cell (chosen on {spec['search']['metric']})", tuned_table(trials, study))]
+    if not spec.get("grid"):  # one cell: its few trials, ranked, as a search's table always showed
+        tables.append((f"Search trials, best {spec['search']['metric']} first", summary_table(trials, study)))
+    return [(heading, table) for heading, table in tables if not table.empty]
+
+
+def _tuning_line(spec: dict) -> str:
+    """One line saying how a tuned study chose its nuisance values."""
+    search, seeds = spec["search"], list(spec.get("seeds") or [0])
+    grid = list(spec.get("grid") or {})
+    where = f" in each {' x '.join(grid)} cell" if grid else ""
+    best = "highest" if search.get("mode", "max") == "max" else "lowest"
+    line = (f"  tuning: {', '.join(search['space'])} searched{where} ({search['num_samples']} trials on seed "
+            f"{seeds[0]}, chosen by the {best} {search['metric']})")
+    if len(seeds) > 1:
+        line += f"; the best re-run on seed{'s' if len(seeds) > 2 else ''} {', '.join(map(str, seeds[1:]))}"
+    if baseline_label(spec):
+        line += f"; baseline: {baseline_label(spec)} on every seed"
+    return line
+
+
+def draw_figure(fig_spec: dict, history: pd.DataFrame, trials: pd.DataFrame, path: Path,
+                spec: dict | None = None) -> Path | None:
+    """Draw one figure as the PNG `path` (None: nothing to draw); a kind that takes the
+    study's spec (analysis.figures.wants_spec) gets `spec`."""
+    function = figure_kinds()[fig_spec["kind"]]
+    extra = {"spec": spec} if wants_spec(function) else {}
+    return function(history, trials, fig_spec, path, **extra)
+
+
 def write_report(folder: Path) -> str:
     """Write history.parquet, trials.parquet and report/ (PNGs + index.html) for a
-    study folder; returns a short text summary for the terminal."""
+    study folder; returns a short text summary for the terminal. A tuned study's
+    summary has its best values per tuning cell (`tuned_table`) and, last before the
+    report's path, one '  boundary: ' line per best value at an edge of its range."""
     folder = Path(folder)
     study = require_record(folder)
     # Only the current spec's cells: trials of an earlier version of the spec (another
@@ -186,14 +301,17 @@ def write_report(folder: Path) -> str:
     expected = expected_trials(study)
     counts = trials["status"].value_counts().to_dict() if len(trials) else {}
     missing = max(0, expected - len(trials)) + counts.get("incomplete", 0)
+    spec = study["spec"]
     figures = []
-    for i, fig_spec in enumerate(study["spec"].get("figures") or default_figures(study)):
-        path = figure_kinds()[fig_spec["kind"]](history, trials, fig_spec, report_dir / figure_name(i, fig_spec))
+    for i, fig_spec in enumerate(spec.get("figures") or default_figures(study)):
+        path = draw_figure(fig_spec, history, trials, report_dir / figure_name(i, fig_spec), spec)
         if path is not None:
             figures.append((path.name, fig_spec))
-    table = summary_table(trials, study) if len(trials) else pd.DataFrame()
+    tables = _tables(trials, study)
     unfinished = unfinished_trials(trials, study)
-    _write_index(report_dir, study, trials, counts, missing, figures, table, unfinished)
+    # a best value at an edge of its range: said once, at the end of the summary
+    boundary = boundary_lines(best_trials(trials, spec), spec) if is_tuned(spec) and len(trials) else []
+    _write_index(report_dir, study, trials, counts, missing, figures, tables, unfinished, boundary)
 
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
     lines = [f"{study['study']}: {len(trials)} of {expected} trials reported ({status})"]
@@ -202,15 +320,20 @@ def write_report(folder: Path) -> str:
     if unfinished:
         lines.append(f"  missing or unfinished: {_listed(unfinished)}")
     if counts.get("diverged"):
-        lines.append(f"  {counts['diverged']} diverged trial(s) are left out of means and figures")
-    if not table.empty:
-        lines.append(table.to_string(index=False))
+        per_cell = " (the table counts a cell's diverged search trials)" if is_tuned(spec) else ""
+        lines.append(f"  {counts['diverged']} diverged trial(s) are left out of means and figures{per_cell}")
+    if is_tuned(spec):
+        lines.append(_tuning_line(spec))
+    for heading, table in tables:
+        lines += ([f"{heading}:"] if is_tuned(spec) else []) + [table.to_string(index=False)]
+    lines += [f"  boundary: {line}" for line in boundary]
     lines.append(f"report: {report_dir / 'index.html'}")
     return "\n".join(lines)
 
 
 def _write_index(report_dir: Path, study: dict, trials: pd.DataFrame, counts: dict, missing: int,
-                 figures: list, table: pd.DataFrame, unfinished: list[str] = ()) -> None:
+                 figures: list, tables: list[tuple[str, pd.DataFrame]], unfinished: list[str] = (),
+                 boundary: list[str] = ()) -> None:
     spec, prov = study["spec"], study["provenance"]
     esc = html.escape
     notes = []
@@ -222,6 +345,7 @@ def _write_index(report_dir: Path, study: dict, trials: pd.DataFrame, counts: di
         notes.append(f"{counts['diverged']} trial(s) diverged (non-finite loss) and are excluded from means and figures.")
     if counts.get("error"):
         notes.append(f"{counts['error']} trial(s) failed; their tracebacks are in tune/&lt;trial&gt;/error.txt.")
+    notes += [f"Boundary: {esc(line)}." for line in boundary]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(study['study'])}</title>",
@@ -240,12 +364,32 @@ def _write_index(report_dir: Path, study: dict, trials: pd.DataFrame, counts: di
             by = f"; lines: {label(fig_spec['hue'])}" if fig_spec.get("hue") else ""
             by += f"; panels: {label(fig_spec['col'])}" if fig_spec.get("col") else ""
             caption = f"<p>Mean over seeds, 95% CI band{esc(by)}.</p>"
+        elif fig_spec["kind"] in _TUNED_KINDS and spec.get("search"):
+            heading, caption = _tuned_caption(fig_spec, spec)
         parts.append(f"<h2>{esc(heading)}</h2>{caption}<img src='{esc(name)}' alt='{esc(heading)}'>")
-    if not table.empty:
-        parts.append("<h2>Final metrics</h2>" + table.to_html(index=False, border=0))
+    for heading, table in tables:
+        parts.append(f"<h2>{esc(heading)}</h2>" + table.to_html(index=False, border=0))
     parts.append("<h2>Provenance</h2><pre>" + esc(json.dumps(
         {"spec_file": study.get("source"), "profile": study.get("profile"), **prov}, indent=2)) + "</pre>")
     parts.append("</body></html>")
     tmp = report_dir / "index.html.tmp"
     tmp.write_text("\n".join(parts))
     os.replace(tmp, report_dir / "index.html")
+
+
+def _tuned_caption(fig_spec: dict, spec: dict) -> tuple[str, str]:
+    """(heading, caption paragraph) of an isolation or axis figure."""
+    search = spec["search"]
+    keys, metric = ", ".join(search["space"]), search["metric"]
+    if fig_spec["kind"] == "axis":
+        return (fig_spec.get("title") or f"{label(metric)} against {keys}, every search trial",
+                f"<p>One point per search trial, a panel per tuning cell; star: the cell's best; dashed: the range's "
+                f"edges, shaded: the outer {EDGE_FRACTION:.0%} where the boundary check warns; hollow: stopped "
+                f"early by the scheduler; x on the bottom edge: diverged.</p>")
+    x = fig_spec.get("x") or next(iter(spec.get("grid") or {}), "")
+    fixed = baseline_label(spec)
+    return (fig_spec.get("title") or f"{label(x)} with {keys} re-tuned per cell",
+            f"<p>Left: each cell's best {html.escape(label(metric))} (its search, on the first seed). Right: the "
+            f"best values re-run on every seed, mean and 95% CI band"
+            + (html.escape(f"; dashed: {fixed} on every seed") if fixed else "") + ".</p>")
+

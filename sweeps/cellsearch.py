@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import pickle
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -137,7 +137,7 @@ class CellSearch(Searcher):
                     state.candidates.append(prior.candidate)
                     state.params[prior.trial_id] = prior.params
                 else:
-                    state.queue.append(("search", prior))
+                    state.queue.append(("again", prior))
             elif prior.ended:
                 done_seeds[prior.role].add((prior.seed, prior.of))
             else:
@@ -191,13 +191,25 @@ class CellSearch(Searcher):
         open_cells = [s for s in self.cells.values() if s.proposed < self.search.num_samples]
         if open_cells:
             state = min(open_cells, key=lambda s: s.proposed)  # cells take turns: their searches run side by side
-            ask = state.study.ask(self.space)
+            ask = self._ask(state)
             config = self._config(state, self.seeds[0], dict(ask.params), SEARCH, state.proposed)
             state.proposed += 1
             return self._live(trial_id, state, SEARCH, ask.number, config)
         if all(s.finished_search for s in self.cells.values()):
             return Searcher.FINISHED
         return None  # waiting for searches to end before their confirm trials
+
+    def _ask(self, state: _CellState) -> optuna.Trial:
+        """The cell's next point. The sampler is seeded anew for each sample (from the
+        cell's seed and the sample's index; QMC and grid keep the cell's seed: it fixes
+        their sequence (scramble, grid order), indexed by the trials so far), so what it
+        proposes depends on the cell's trials only, not on a random state: a study
+        rebuilt from its trials (a restored or warm-started searcher) proposes what the
+        original would have."""
+        base = cell_seed(self.search, state.cell.id)
+        seed = base if self.search.algo in ("qmc", "grid") else (base + state.proposed) % 2**32
+        state.study.sampler = sampler(self.search, seed)
+        return state.study.ask(self.space)
 
     def _propose_queued(self, trial_id: str, state: _CellState, item) -> dict:
         kind, what = item
@@ -238,13 +250,56 @@ class CellSearch(Searcher):
         state.ended += 1
         self._after_search(state)
 
+    # Tune saves the searcher with each experiment checkpoint (its file name from this
+    # template) and restores it into the searcher it rebuilt from the experiment.
+    # Plain JSON, not a pickle: a study folder's files are never unpickled. Each
+    # cell's Optuna study is rebuilt from its trials; the samplers are seeded per
+    # sample (`_ask`), so the rebuilt study proposes what the saved one would have.
+    CKPT_FILE_TMPL = "searcher-state-{}.json"
+
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        state = {"live": self.live, "cells": {i: _dump_cell(c) for i, c in self.cells.items()}}
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        with open(checkpoint_path) as f:
+            state = json.load(f)
+        self.live = {k: tuple(v) for k, v in state["live"].items()}
+        for cell_id_, saved in state["cells"].items():
+            if cell_id_ in self.cells:
+                _load_cell(self.cells[cell_id_], saved, self.space)
+
+
+def _dump_cell(state: _CellState) -> dict:
+    trials = [{"params": t.params, "state": t.state.name, "value": t.value}
+              for t in state.study.get_trials(deepcopy=False)]
+    queue = [["new", what] if kind == "new" else ["again", {**what._asdict(), "candidate": what.candidate}]
+             for kind, what in state.queue]
+    return {"trials": trials, "proposed": state.proposed, "ended": state.ended, "candidates": state.candidates,
+            "params": state.params, "queue": queue, "best": state.best, "finished_search": state.finished_search,
+            "baselines_queued": state.baselines_queued}
+
+
+def _load_cell(state: _CellState, saved: dict, space: dict[str, BaseDistribution]) -> None:
+    study = optuna.create_study(direction=state.study.direction, sampler=state.study.sampler)
+    for trial in saved["trials"]:  # in number order: each gets its number back
+        if trial["state"] == "RUNNING":
+            study.enqueue_trial(trial["params"], skip_if_exists=False)
+            study.ask(space)
+        else:
+            dists = {k: space[k] for k in trial["params"]}
+            study.add_trial(optuna.trial.create_trial(params=trial["params"], distributions=dists,
+                                                      value=trial["value"], state=TrialState[trial["state"]]))
+    state.study = study
+    state.proposed, state.ended = saved["proposed"], saved["ended"]
+    state.candidates = [Candidate(*c) for c in saved["candidates"]]
+    state.params = saved["params"]
+    state.queue = [(kind, what if kind == "new" else Prior(**{**what, "candidate": Candidate(*what["candidate"])
+                                                                if what["candidate"] else None}))
+                   for kind, what in saved["queue"]]
+    state.best = Candidate(*saved["best"]) if saved["best"] else None
+    state.finished_search, state.baselines_queued = saved["finished_search"], saved["baselines_queued"]
 
 
 def _frozen(prior: Prior, space: dict[str, BaseDistribution]) -> optuna.trial.FrozenTrial:

@@ -98,7 +98,7 @@ def load(path: Path, profile: str | None, pack: int | None = None):
     from sweeps.schema import load_study
 
     study = load_study(path, profile, pack)
-    check_figures([f.model_dump() for f in study.spec.figures], str(path))
+    check_figures([f.model_dump() for f in study.spec.figures], str(path), study.spec.model_dump())
     return study
 
 
@@ -113,8 +113,14 @@ def main(argv: list[str] | None = None, prog: str = "gensweep") -> int:
         if args.command == "validate":
             for path in args.specs:
                 study = load(path, args.profile)
-                print(f"{path}: ok ({study.study_name}: {len(study.cells)} grid cells x seeds"
-                      + (f", search of {study.spec.search.num_samples} trials" if study.spec.search else "") + ")")
+                if study.spec.search:
+                    from sweeps.runner import tuned_summary
+                    from trainables.contract import expected_trials
+
+                    total = expected_trials({"spec": study.spec.model_dump(), "n_cells": len(study.cells)})
+                    print(f"{path}: ok ({study.study_name}: {tuned_summary(study, total)})")
+                else:
+                    print(f"{path}: ok ({study.study_name}: {len(study.cells)} grid cells x seeds)")
             return 0
         if args.command == "cluster":
             return _cluster(args)

@@ -40,3 +40,19 @@ def make_splits(mnist) -> Callable[[int, int], tuple[D.Split, D.Split]]:
         return train, test
 
     return build
+
+
+@pytest.fixture
+def kept_figures(monkeypatch):
+    """Figure functions close their figure after saving; keep it open to inspect it
+    (returns a function listing the open figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real_close = plt.close
+    real_close("all")
+    monkeypatch.setattr(plt, "close", lambda *args, **kwargs: None)
+    yield lambda: [plt.figure(n) for n in plt.get_fignums()]
+    real_close("all")

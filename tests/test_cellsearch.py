@@ -129,6 +129,7 @@ def test_a_restored_searcher_goes_on_where_it_was_not_from_scratch(tmp_path):
     ids = [c[TUNING_KEY]["id"] for c in before + after]
     assert len(ids) == len(set(ids)) == len(uninterrupted)
     assert sorted(ids) == sorted(c[TUNING_KEY]["id"] for c in uninterrupted)
+    assert state.read_text().startswith("{")  # JSON: a study folder's files are never unpickled
 
 
 def test_a_new_experiment_starts_each_cell_from_its_trials_on_disk(tmp_path):
@@ -149,6 +150,8 @@ def test_a_new_experiment_starts_each_cell_from_its_trials_on_disk(tmp_path):
     assert [c[TUNING_KEY]["sample"] for c in again] == [2, 3]
     assert again[0][TUNING_KEY]["id"] == third[TUNING_KEY]["id"] and again[0]["lr"] == third["lr"]
     assert again[0][CELL_KEY][RESUME_KEY] == "/ckpt/3"
+    # Seeded per sample: the new sample is the one an uninterrupted search proposed.
+    assert again[1]["lr"] == mine[3]["lr"] and again[1][TUNING_KEY]["id"] == mine[3][TUNING_KEY]["id"]
     assert len(by_role(configs, SEARCH)) == 2 + 4 + 4  # the other cells search in full
 
 

@@ -149,3 +149,23 @@ def test_report_on_a_non_study_folder_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "not a study folder" in proc.stderr
+
+
+@pytest.mark.parametrize("spec", ["wd_tuned", "batch_size_tuned"])
+def test_tuned_smoke_searches_each_cell_then_confirms_and_draws_its_figures(smoke_runs, spec):
+    folder, proc = smoke_runs[spec]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    axis = "weight_decay" if spec == "wd_tuned" else "batch_size"
+    assert trials["tuning_cell"].nunique() == 2
+    for _, cell in trials.groupby("tuning_cell"):
+        assert cell[axis].nunique() == 1
+        search = cell[cell["role"] == "search"]
+        assert sorted(search["sample"]) == [0, 1] and set(search["seed"]) == {0}
+        confirm = cell[cell["role"] == "confirm"]
+        assert list(confirm["seed"]) == [1] and confirm["confirms"].iloc[0] in set(search["trial_id"])
+        assert confirm["lr"].iloc[0] == search.set_index("trial_id").loc[confirm["confirms"].iloc[0], "lr"]
+        baseline = cell[cell["role"] == "baseline"]
+        assert sorted(baseline["seed"]) == [0, 1] and len(set(baseline["lr"])) == 1
+    pngs = {p.name for p in (folder / "report").glob("*.png")}
+    assert {"01-isolation.png", "02-axis.png"} <= pngs
+    assert "Best lr per tuning cell (chosen on val_acc):" in proc.stdout

@@ -55,16 +55,6 @@ def assert_readable(fig, log_axes: int = 1) -> None:
     assert labelled_logs >= log_axes
 
 
-@pytest.fixture
-def kept_figures(monkeypatch):
-    """Figure functions close their figure after saving; keep it open to inspect it."""
-    real_close = plt.close
-    real_close("all")
-    monkeypatch.setattr(plt, "close", lambda *args, **kwargs: None)
-    yield lambda: [plt.figure(n) for n in plt.get_fignums()]
-    real_close("all")
-
-
 # ---- the helper on its own ---------------------------------------------------------------
 
 CASES = [

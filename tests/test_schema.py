@@ -195,7 +195,7 @@ BAD_SPECS = [
     ("search-low-above-high", spec_with(grid=None, search={"space": {"lr": {"loguniform": [0.1, 0.001]}}}), None,
      ["search", "low", "lr"]),
     ("search-low-equals-high", spec_with(grid=None, search={"space": {"lr": {"uniform": [0.1, 0.1]}}}), None,
-     ["search", "low"]),
+     ["search.space.lr: low 0.1 must be below high 0.1: the range is empty"]),
     ("search-missing-space", spec_with(grid=None, search={"spce": {"lr": {"uniform": [0.1, 0.2]}}}), None,
      ["search.space", "Field required"]),
     ("search-unknown-key", spec_with(grid=None, search={"space": {"lr": {"uniform": [0.1, 0.2]}}, "num_sample": 3}),

@@ -327,6 +327,6 @@ def test_cli_validate_shipped_specs_exits_0():
         "sweeps/lr.yaml: ok (lr: 1 grid cell(s), each its own tpe search of 20 trials over lr on seed 0 "
         "(val_acc, max): up to 20 trials)",
         # 12 cells x (12 search trials + 2 confirm runs + 3 baseline runs)
-        "sweeps/wd_tuned.yaml: ok (wd_tuned: 12 grid cell(s), each its own tpe search of 12 trials over lr on "
+        "sweeps/wd_tuned.yaml: ok (wd_tuned: 12 grid cell(s), each its own qmc search of 12 trials over lr on "
         "seed 0 (val_acc, max), then its best on 2 more seed(s), and baseline lr=0.02 on every seed: up to 204 trials)",
     ]

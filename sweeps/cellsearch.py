@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 from sweeps.planner import Prior
 from sweeps.schema import Search, cell_id
 from trainables.contract import CELL_KEY, RESUME_KEY, TUNING_KEY
-from trainables.tuning import BASELINE, CONFIRM, SEARCH, Candidate, best_candidate
+from trainables.tuning import BASELINE, CONFIRM, SEARCH, Candidate, best_candidate, trials_per_cell
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -97,6 +97,9 @@ class _CellState:
     best: Candidate | None = None
     finished_search: bool = False
     baselines_queued: bool = False
+    # (role, seed, the search trial it repeats) of the confirm and baseline trials
+    # that ended in an earlier experiment: never proposed again
+    ended_runs: set = field(default_factory=set)
 
 
 class CellSearch(Searcher):
@@ -127,7 +130,6 @@ class CellSearch(Searcher):
     def _warm_start(self, state: _CellState) -> None:
         """Load a cell's earlier trials: ended search trials into its Optuna study,
         unfinished ones (and unfinished confirm / baseline trials) to propose again."""
-        done_seeds: dict[str, set] = {CONFIRM: set(), BASELINE: set()}
         for prior in sorted(state.cell.priors, key=lambda p: (p.role != SEARCH, p.sample or 0)):
             if prior.role == SEARCH:
                 state.proposed = max(state.proposed, prior.sample + 1)
@@ -139,26 +141,26 @@ class CellSearch(Searcher):
                 else:
                     state.queue.append(("again", prior))
             elif prior.ended:
-                done_seeds[prior.role].add((prior.seed, prior.of))
+                state.ended_runs.add((prior.role, prior.seed, prior.of))
             else:
                 state.queue.append(("again", prior))
-        state.proposed = max(state.proposed, sum(p.role == SEARCH for p in state.cell.priors))
-        self._after_search(state, done_seeds)
+        self._after_search(state)
 
-    def _after_search(self, state: _CellState, done: dict | None = None) -> None:
+    def _after_search(self, state: _CellState) -> None:
         """Once every search trial of the cell ended: choose the best and queue its
-        confirm trials (seeds after the first) and the baselines."""
-        done = done or {CONFIRM: set(), BASELINE: set()}
+        confirm trials (seeds after the first) and the baselines, leaving out those
+        that ended or wait in the queue already."""
         if state.finished_search or state.ended < self.search.num_samples:
             return
         state.finished_search = True
         state.best = best_candidate(state.candidates, self.search.mode)
-        queued = {(p.role, p.seed) for kind, p in state.queue if kind == "again"}
+        queued = {(p.role, p.seed, p.of) for kind, p in state.queue if kind == "again"}
+        taken = state.ended_runs | queued
         if state.best is not None:
+            best = state.best.trial_id
             for seed in self.seeds[1:]:
-                if (seed, state.best.trial_id) not in done[CONFIRM] and (CONFIRM, seed) not in queued:
-                    state.queue.append(("new", self._config(state, seed, state.params[state.best.trial_id], CONFIRM,
-                                                            None, of=state.best.trial_id)))
+                if (CONFIRM, seed, best) not in taken:
+                    state.queue.append(("new", self._config(state, seed, state.params[best], CONFIRM, None, of=best)))
         elif state.candidates:
             logging.getLogger(__name__).warning(
                 "cell %s: no search trial ran its whole budget with a finite %s; no confirm runs",
@@ -166,18 +168,14 @@ class CellSearch(Searcher):
         if self.search.baseline and not state.baselines_queued:
             state.baselines_queued = True
             for seed in self.seeds:
-                if not any(s == seed for s, _ in done[BASELINE]) and (BASELINE, seed) not in queued:
+                if (BASELINE, seed, None) not in taken:
                     state.queue.append(("new", self._config(state, seed, dict(self.search.baseline), BASELINE, None)))
 
     def planned(self) -> int:
         """Trials this searcher proposes when every cell's search finds a best (Tune's
         num_samples; a cell without a best proposes no confirm trials)."""
-        total = 0
-        for state in self.cells.values():
-            ended = [p for p in state.cell.priors if p.ended and p.role != SEARCH]
-            total += self.search.num_samples - state.ended  # new samples and unfinished ones
-            total += len(self.seeds) - 1 + (len(self.seeds) if self.search.baseline else 0) - len(ended)
-        return max(total, 1)
+        per_cell = trials_per_cell(self.search.num_samples, len(self.seeds), bool(self.search.baseline))
+        return max(sum(per_cell - state.ended - len(state.ended_runs) for state in self.cells.values()), 1)
 
     # ---- Tune's Searcher API ------------------------------------------------------
 
@@ -278,7 +276,7 @@ def _dump_cell(state: _CellState) -> dict:
              for kind, what in state.queue]
     return {"trials": trials, "proposed": state.proposed, "ended": state.ended, "candidates": state.candidates,
             "params": state.params, "queue": queue, "best": state.best, "finished_search": state.finished_search,
-            "baselines_queued": state.baselines_queued}
+            "baselines_queued": state.baselines_queued, "ended_runs": sorted(map(list, state.ended_runs))}
 
 
 def _load_cell(state: _CellState, saved: dict, space: dict[str, BaseDistribution]) -> None:
@@ -300,6 +298,7 @@ def _load_cell(state: _CellState, saved: dict, space: dict[str, BaseDistribution
                    for kind, what in saved["queue"]]
     state.best = Candidate(*saved["best"]) if saved["best"] else None
     state.finished_search, state.baselines_queued = saved["finished_search"], saved["baselines_queued"]
+    state.ended_runs = {tuple(run) for run in saved["ended_runs"]}
 
 
 def _frozen(prior: Prior, space: dict[str, BaseDistribution]) -> optuna.trial.FrozenTrial:

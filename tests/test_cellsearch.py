@@ -155,6 +155,27 @@ def test_a_new_experiment_starts_each_cell_from_its_trials_on_disk(tmp_path):
     assert len(by_role(configs, SEARCH)) == 2 + 4 + 4  # the other cells search in full
 
 
+def test_a_confirm_run_that_ended_earlier_is_not_run_again_when_the_search_ends_later(tmp_path):
+    """A cell whose search trial failed (run again now) but whose best was already
+    confirmed in an earlier experiment: once its search ends again, with the same
+    best, the confirm trial on disk counts; it is not proposed a second time."""
+    path = tuned_spec(tmp_path)
+    full = drive(searcher_for(path)[0])
+    cell = load_study(path).tuning_ids[0]
+    mine = [c for c in by_role(full, SEARCH) if c[TUNING_KEY]["cell"] == cell]
+    confirm = next(c for c in by_role(full, CONFIRM) if c[TUNING_KEY]["cell"] == cell)
+    priors = [Prior(c[TUNING_KEY]["id"], SEARCH, c[TUNING_KEY]["sample"], 0, {"lr": c["lr"]}, True,
+                    Candidate(c[TUNING_KEY]["id"], score(c), True), None) for c in mine[:3]]
+    priors.append(Prior(mine[3][TUNING_KEY]["id"], SEARCH, 3, 0, {"lr": mine[3]["lr"]}, False, None, None))
+    priors.append(Prior(confirm[TUNING_KEY]["id"], CONFIRM, None, 1, {"lr": confirm["lr"]}, True, None, None,
+                        of=confirm[TUNING_KEY]["of"]))
+    searcher = searcher_for(path, {cell: priors})[0]
+    assert searcher.planned() == 1 + 2 * (4 + 1)  # the failed trial, and the other two cells
+    configs = drive(searcher)
+    assert [c[TUNING_KEY]["cell"] for c in by_role(configs, CONFIRM)].count(cell) == 0
+    assert len(configs) == searcher_for(path, {cell: priors})[0].planned()
+
+
 def test_the_best_is_chosen_among_trials_that_ran_their_whole_budget(tmp_path):
     path = tuned_spec(tmp_path, seeds=(0, 1))
     searcher = searcher_for(path)[0]

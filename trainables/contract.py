@@ -185,8 +185,14 @@ def expected_trials(record: dict) -> int:
     if not search:
         return record["n_cells"]
     seeds = len(spec.get("seeds") or [0])
-    per_cell = search["num_samples"] + (seeds - 1) + (seeds if search.get("baseline") else 0)
-    return record["n_cells"] // seeds * per_cell
+    return record["n_cells"] // seeds * trials_per_cell(search["num_samples"], seeds, bool(search.get("baseline")))
+
+
+def trials_per_cell(num_samples: int, seeds: int, baseline: bool) -> int:
+    """Trials one tuning cell of a tuned study runs when its search finds a best: the
+    search, one confirm trial per seed after the first (the best search trial is the
+    first seed's run), and a baseline trial per seed when the spec has a baseline."""
+    return num_samples + (seeds - 1) + (seeds if baseline else 0)
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from pathlib import Path
 
-from trainables.contract import ENDED, TUNING_KEY, CellResult, cell_status, read_cells  # noqa: F401  (TUNING_KEY: re-exported)
+from trainables.contract import (  # noqa: F401  (TUNING_KEY, trials_per_cell: re-exported)
+    ENDED, TUNING_KEY, CellResult, cell_status, read_cells, trials_per_cell,
+)
 
 SEARCH, CONFIRM, BASELINE = "search", "confirm", "baseline"
 ROLES = (SEARCH, CONFIRM, BASELINE)
@@ -52,14 +54,6 @@ def _finite(value) -> bool:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
-
-
-def trials_per_cell(num_samples: int, seeds: int, baseline: bool) -> int:
-    """Trials one tuning cell runs when its search finds a best: the search, one
-    confirm trial per seed after the first (the best search trial is the first
-    seed's run), and a baseline trial per seed when the spec has a baseline
-    (contract.expected_trials counts the same)."""
-    return num_samples + (seeds - 1) + (seeds if baseline else 0)
 
 
 def candidate(result: CellResult, metric: str) -> Candidate:
@@ -114,8 +108,9 @@ def cell_progress(results: Iterable[CellResult], num_samples: int, metric: str, 
     if best is not None and seeds:
         first = next(r for r in ended_search.values() if r.trial_id == best.trial_id)
         confirmed[seeds[0]] = (first, cell_status(first))
-    expected = num_samples + (len(seeds) - 1 if best is not None or len(ended_search) < num_samples else 0) \
-        + (len(seeds) if baseline else 0)
+    expected = trials_per_cell(num_samples, len(seeds), baseline)
+    if best is None and len(ended_search) >= num_samples:
+        expected -= len(seeds) - 1  # the search ended without a best: nothing to confirm
     ended = (min(len(ended_search), num_samples)
              + sum(s in ENDED for seed, (_, s) in confirmed.items() if seed != (seeds[0] if seeds else None))
              + sum(s in ENDED for _, s in baselines.values()))

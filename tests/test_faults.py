@@ -146,6 +146,16 @@ class Cli:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def kill_driver(self) -> tuple[int, list[str]]:
+        """SIGKILL the CLI process alone (as the kernel's OOM killer would), then what
+        it leaves behind (Ray's processes and the trials' workers lose their driver);
+        returns its exit status and the orphans killed."""
+        self.watch()
+        os.kill(self.proc.pid, signal.SIGKILL)
+        code = self.wait(30)
+        time.sleep(2)
+        return code, kill_all(self.seen)
+
     def cleanup(self) -> list[str]:
         """Kill the CLI (if still running) and whatever it left behind; returns the PIDs killed."""
         self.watch()
@@ -156,6 +166,15 @@ class Cli:
                 pass
             self.proc.wait(10)
         return kill_all(self.seen)
+
+
+def run_to_end(*args: str, log: Path, env: dict | None = None, timeout: float = 300) -> tuple[int, str]:
+    """`python -m sweeps ARGS` to its end: (exit status, output); whatever it leaves is killed."""
+    cli = Cli(*args, log=log, env=env)
+    try:
+        return cli.wait(timeout), cli.output()
+    finally:
+        cli.cleanup()
 
 
 def result_rows(study_folder: Path) -> dict[str, list[dict]]:
@@ -375,24 +394,14 @@ def interrupted(tmp_path_factory):
 
         wait_until(another_done, 180, "one more finished trial", while_alive=second)
         time.sleep(0.3)
-        second.watch()
         seen["rows_at_kill"] = result_rows(folder)
-        os.kill(second.proc.pid, signal.SIGKILL)
-        seen["kill_code"] = second.wait(30)
+        seen["kill_code"], seen["orphans"] = second.kill_driver()
         seen["resume1_output"] = second.output()
-        time.sleep(2)
-        # Ray's processes (and the trial's worker) lose their driver: kill what is left.
-        seen["orphans"] = kill_all(second.seen)
     finally:
         second.cleanup()
 
     # Run 3: resume to the end.
-    third = Cli(*command, log=tmp / "run3.log", env=ONE_CPU)
-    try:
-        seen["final_code"] = third.wait(240)
-        seen["final_output"] = third.output()
-    finally:
-        third.cleanup()
+    seen["final_code"], seen["final_output"] = run_to_end(*command, log=tmp / "run3.log", env=ONE_CPU, timeout=240)
     seen["rows_final"] = result_rows(folder)
     seen["folder"] = folder
     return seen

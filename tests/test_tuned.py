@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_faults import ONE_CPU, Cli, kill_all, result_rows, wait_until
+from test_faults import ONE_CPU, Cli, result_rows, run_to_end, wait_until
 from trainables.contract import read_cells
 
 pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
@@ -86,22 +86,13 @@ def killed(tmp_path_factory, narrow):
 
         wait_until(three_done_one_started, 240, "three finished trials and a started one", while_alive=first)
         time.sleep(0.3)
-        first.watch()
         seen["rows_at_kill"] = result_rows(folder)
         seen["trials_at_kill"] = tuned_trials(folder)
         seen["searcher_state"] = sorted(p.name for p in (folder / "tune").glob("searcher-state-*.json"))
-        first.proc.send_signal(signal.SIGKILL)  # the driver alone, as the OOM killer would
-        seen["kill_code"] = first.wait(30)
-        time.sleep(2)
-        seen["orphans"] = kill_all(first.seen)
+        seen["kill_code"], seen["orphans"] = first.kill_driver()
     finally:
         first.cleanup()
-    second = Cli(*command, log=tmp / "run2.log", env=ONE_CPU)
-    try:
-        seen["code"] = second.wait(300)
-        seen["output"] = second.output()
-    finally:
-        second.cleanup()
+    seen["code"], seen["output"] = run_to_end(*command, log=tmp / "run2.log", env=ONE_CPU)
     seen["rows"] = result_rows(folder)
     seen["trials"] = tuned_trials(folder)
     seen.update(folder=folder, tmp=tmp, results=results)

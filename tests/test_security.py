@@ -116,11 +116,20 @@ def _calls(tree: ast.AST):
     return [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
 
 
+# The one place that runs code on purpose: the plugin files a spec names under
+# `plugins:` (the user's own code; docs/own-experiments.md says that validating or
+# running a spec runs them). Exactly these calls, nowhere else.
+PLUGIN_LOADER = {"trainables/plugins.py": ["compile()", "exec()"]}
+
+
 def test_no_code_path_evaluates_or_unpickles_input():
-    """A static guard over the package sources: no eval/exec, no pickle loads, every
-    torch.load with weights_only=True, YAML only through the safe spec loader."""
+    """A static guard over the package sources: no eval/exec (but the plugin loader's),
+    no pickle loads, every torch.load with weights_only=True, YAML only through the
+    safe spec loader."""
     problems = []
-    for path in sorted(p for folder in ("sweeps", "trainables", "analysis") for p in (REPO / folder).rglob("*.py")):
+    allowed = {f"{file}: {call}" for file, calls in PLUGIN_LOADER.items() for call in calls}
+    for path in sorted(p for folder in ("sweeps", "trainables", "analysis", "gensweep")
+                       for p in (REPO / folder).rglob("*.py")):
         for call in _calls(ast.parse(path.read_text())):
             func = call.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
@@ -128,6 +137,9 @@ def test_no_code_path_evaluates_or_unpickles_input():
             keywords = {k.arg: k.value for k in call.keywords}
             where = f"{path.relative_to(REPO)}:{call.lineno}"
             if isinstance(func, ast.Name) and name in ("eval", "exec", "compile"):
+                if f"{path.relative_to(REPO)}: {name}()" in allowed:
+                    allowed.discard(f"{path.relative_to(REPO)}: {name}()")
+                    continue
                 problems.append(f"{where}: {name}()")
             if owner in ("pickle", "cloudpickle", "dill") and name in ("load", "loads"):
                 problems.append(f"{where}: {owner}.{name}()")
@@ -144,6 +156,7 @@ def test_no_code_path_evaluates_or_unpickles_input():
                 if allow is not None and not (isinstance(allow, ast.Constant) and allow.value is False):
                     problems.append(f"{where}: np.load with allow_pickle")
     assert not problems, problems
+    assert not allowed, f"the plugin loader's exec/compile moved (update PLUGIN_LOADER): {allowed}"
 
 
 # (c) Checkpoints are data, never code.

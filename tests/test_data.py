@@ -45,7 +45,7 @@ def test_mnist_counts_dtypes_and_shapes(mnist):
     assert class_counts(mnist.train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert class_counts(mnist.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert int(mnist.train_x.max()) == 255 and int(mnist.train_x.min()) == 0
-    assert mnist.mean == pytest.approx(0.1307) and mnist.std == pytest.approx(0.3081)
+    assert mnist.mean == pytest.approx((0.1307,)) and mnist.std == pytest.approx((0.3081,))  # per channel
 
 
 def test_unknown_dataset_is_a_data_error():
@@ -117,6 +117,7 @@ def test_missing_files_without_network_is_a_data_error_naming_the_raw_folder(tmp
         raise urllib.error.URLError("network disabled in tests")
 
     monkeypatch.setattr(tv_utils, "download_url", no_network)
+    monkeypatch.delenv("GENSWEEP_OFFLINE", raising=False)  # online: torchvision tries to download
     monkeypatch.setenv("GENSWEEP_DATA", str(tmp_path))  # the default root follows GENSWEEP_DATA
     with pytest.raises(DataError) as info:
         D.load_dataset("mnist")
@@ -225,7 +226,7 @@ def test_split_inputs_are_normalized_float32_images(mnist):
     rows = split.idx[:16]
     batch = split.inputs(rows)
     assert batch.dtype == torch.float32 and batch.shape == (16, 1, 28, 28)
-    expected = (x[rows].to(torch.float32) / 255.0 - mnist.mean) / mnist.std
+    expected = (x[rows].to(torch.float32) / 255.0 - mnist.mean[0]) / mnist.std[0]
     assert torch.allclose(batch[:, 0], expected, atol=1e-5)
     assert torch.equal(split.labels(rows), y[rows])
     many = split.inputs(split.idx)

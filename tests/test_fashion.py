@@ -10,7 +10,7 @@ import pytest
 
 from trainables.data import DATASETS, load_dataset, training_split
 
-SYSTEM_DIR = Path(DATASETS["fashion_mnist"].system_dir)
+SYSTEM_DIR = Path(DATASETS["fashion_mnist"].source.system_dir)  # the built-in's TorchvisionSource
 
 
 @pytest.mark.skipif(not SYSTEM_DIR.is_dir(), reason=f"{SYSTEM_DIR} absent: apt-get install dataset-fashion-mnist")
@@ -21,6 +21,6 @@ def test_fashion_mnist_loads_offline_from_the_debian_package(tmp_path, monkeypat
     assert ds.train_x.dtype == np.uint8
     assert np.bincount(ds.train_y).tolist() == [6000] * 10
     # the normalization constants in DATASETS are this training set's
-    assert abs(ds.train_x.mean() / 255 - ds.mean) < 1e-3 and abs(ds.train_x.std() / 255 - ds.std) < 1e-3
+    assert abs(ds.train_x.mean() / 255 - ds.mean[0]) < 1e-3 and abs(ds.train_x.std() / 255 - ds.std[0]) < 1e-3
     train_idx, _ = training_split(ds.train_y, 1000, 0, data_seed=0)
     assert np.bincount(ds.train_y[train_idx]).tolist() == [100] * 10

@@ -38,6 +38,7 @@ from trainables.classifier import DataConfig
 from trainables.families import Family, register_family, validate_model
 from trainables.trial import restored_state, trial_device, tune_reporter
 
+# MNIST's sizes (the defaults); a trial's network takes its dataset's (`train`).
 INPUTS = 28 * 28
 NUM_CLASSES = datasets.NUM_CLASSES
 
@@ -175,25 +176,36 @@ def weight_norm(params: list[np.ndarray]) -> float:
 
 
 class ArraySplit:
-    """A datasets.Split seen from NumPy: the whole uint8 array (zero-copy), labels,
-    this split's rows; inputs normalized per batch exactly as Split.inputs does."""
+    """A datasets.Split seen from NumPy: the whole image array flattened to
+    [N, C*H*W] (zero-copy), labels, this split's rows; inputs normalized per batch
+    as Split.inputs does (per channel; uint8 on the 0..255 scale)."""
 
     def __init__(self, split: datasets.Split, dtype=np.float32) -> None:
-        self.x = split.x.numpy().reshape(len(split.x), INPUTS)
+        self.x = split.x.numpy().reshape(len(split.x), -1)
         self.y, self.idx = split.y.numpy(), split.idx.numpy()
-        self.shift, self.scale = 255.0 * split.mean, 255.0 * split.std
         self.dtype = np.dtype(dtype)
+        unit = 255.0 if split.x.dtype == torch.uint8 else 1.0
+        mean, std = np.atleast_1d(split.mean).astype(np.float64), np.atleast_1d(split.std).astype(np.float64)
+        if len(mean) == 1 and len(std) == 1:  # one value for all pixels (MNIST's arithmetic, unchanged)
+            self.shift, self.scale = self.dtype.type(unit * mean[0]), self.dtype.type(unit * std[0])
+        else:  # one value per input feature: each channel's repeated over its H*W pixels
+            channels = split.x.shape[1] if split.x.dim() == 4 else 1
+            pixels = self.x.shape[1] // channels
+            self.shift = np.repeat(np.broadcast_to(unit * mean, channels), pixels).astype(self.dtype)
+            self.scale = np.repeat(np.broadcast_to(unit * std, channels), pixels).astype(self.dtype)
 
     def __len__(self) -> int:
         return len(self.idx)
 
     def inputs(self, rows: np.ndarray) -> np.ndarray:
-        return (self.x[rows].astype(self.dtype) - self.dtype.type(self.shift)) / self.dtype.type(self.scale)
+        return (self.x[rows].astype(self.dtype) - self.shift) / self.scale
 
 
 def evaluate(net: NumpyMLP, split: ArraySplit, batch_size: int) -> tuple[float, float, np.ndarray]:
-    """(mean cross-entropy, accuracy, 10x10 confusion counts: rows true, columns predicted)."""
-    loss_sum, confusion = 0.0, np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    """(mean cross-entropy, accuracy, KxK confusion counts for K classes: rows true,
+    columns predicted)."""
+    classes = net.sizes[-1]
+    loss_sum, confusion = 0.0, np.zeros((classes, classes), dtype=np.int64)
     for start in range(0, len(split), batch_size):
         rows = split.idx[start : start + batch_size]
         logits, labels = net.logits(split.inputs(rows)), split.y[rows]
@@ -281,9 +293,10 @@ def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     cfg = NumpyMLPConfig(**{k: v for k, v in config.items() if k in NumpyMLPConfig.model_fields})
     _, info = trial_device()  # records the host; NumPy runs on the CPU whatever Ray assigned
     info = {**info, "device": "cpu", "gpu_name": ""}
-    splits = classifier.make_splits(data[cfg.dataset], cfg, torch.device("cpu"))
+    ds = data[cfg.dataset]
+    splits = classifier.make_splits(ds, cfg, torch.device("cpu"))
     arrays = {name: ArraySplit(split) for name, split in splits.items()}
-    net = NumpyMLP([INPUTS, *cfg.hidden, NUM_CLASSES], cfg.activation, cfg.seed)
+    net = NumpyMLP([math.prod(ds.input_shape), *cfg.hidden, ds.num_classes], cfg.activation, cfg.seed)
     run(cfg, net, arrays, tune_reporter({**info, "n_params": net.n_params}), resume=restored_state(config))
 
 

@@ -1,5 +1,7 @@
 """The `classifier` family: an image classifier from the model registry, trained by
-the engine on a (sub)set of MNIST or Fashion-MNIST.
+the engine on a (sub)set of an image dataset (MNIST, Fashion-MNIST, CIFAR-10, ...,
+an .npz file, or a plugin's; trainables/data.py). The model is built for the
+dataset's input shape and class count.
 
 Config keys: the engine's (`EngineConfig`), the data's (`DataConfig`), `model`, and
 the chosen model's own arguments (e.g. `width` for `cnn_overparam`).
@@ -7,7 +9,8 @@ the chosen model's own arguments (e.g. `width` for `cnn_overparam`).
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from functools import lru_cache
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
@@ -17,6 +20,7 @@ from trainables.engine import EngineConfig, fit
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, suggest, validate_model
 from trainables.models import MODELS, build_model, count_params
+from trainables.registry import shown_path
 from trainables.packed import PackedModels
 from trainables.trial import restored_state, trial_device, tune_reporter
 
@@ -24,7 +28,9 @@ from trainables.trial import restored_state, trial_device, tune_reporter
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    # A registered dataset's name, or "npz:<absolute path>" (the spec loader turns
+    # `dataset: {npz: file.npz}` into that; trainables.data.dataset_ref).
+    dataset: str = "mnist"
     train_size: PositiveInt | None = None  # images in the training subset; None: all that remain
     val_size: NonNegativeInt = 0  # held out of the 60k training images (for searches)
     test_size: PositiveInt | None = None  # fixed balanced subset of the 10k test images; None: all
@@ -65,7 +71,7 @@ def validate(config: dict) -> dict:
     if resolved.criterion != "cross_entropy":
         raise ConfigError("criterion", f"{resolved.criterion!r} is for regression (family function_fit); "
                                        "a classifier trains with 'cross_entropy'")
-    source = datasets.DATASETS[resolved.dataset]
+    source = dataset_info(resolved.dataset)
     available = source.train_count - resolved.val_size
     if available <= 0:
         raise ConfigError("val_size", f"{resolved.val_size} leaves no training images (of {source.train_count})")
@@ -81,7 +87,48 @@ def validate(config: dict) -> dict:
     for i, probe in enumerate(resolved.probes):
         if probe not in PROBES:
             raise ConfigError(f"probes[{i}]", f"unknown probe {probe!r}{suggest(probe, PROBES)}; known: {', '.join(sorted(PROBES))}")
+    given = args.model_dump(include=set(arg_schema.model_fields))  # not computed fields (cnn_target's channels)
+    check_forward(resolved.model, json.dumps(given, sort_keys=True), source.input_shape, source.num_classes)
     return {**resolved.model_dump(), **args.model_dump()}
+
+
+def dataset_info(ref: str) -> datasets.DatasetInfo:
+    """The dataset's shape, classes and sizes, without loading it; a ConfigError for
+    an unknown name or a bad .npz file."""
+    try:
+        return datasets.dataset_info(ref)
+    except (datasets.DataError, ValueError) as exc:
+        raise ConfigError("dataset", str(exc)) from None
+
+
+# Images in the validation forward pass: 2, so BatchNorm in train mode would work too.
+_PROBE_BATCH = 2
+
+
+@lru_cache(maxsize=256)
+def check_forward(model: str, args_json: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    """Build the model for the dataset and run one forward pass on a tiny batch of
+    zeros, so a model that does not fit the dataset's shape (a plugin's, or a
+    built-in's arguments) is refused at validation, not in every trial. Cached: a
+    grid's cells share a handful of distinct models."""
+    from trainables import plugins
+
+    shape = "x".join(map(str, input_shape))
+    try:
+        net = build_model(model, input_shape=input_shape, num_classes=num_classes, **json.loads(args_json))
+        net.eval()
+        with torch.no_grad():
+            out = net(torch.zeros(_PROBE_BATCH, *input_shape))
+    except Exception as exc:
+        # The line in the user's code when the traceback passes through it, else the
+        # file that registered the model.
+        where = plugins.where(exc, shown_path(MODELS.origin(model)))
+        raise ConfigError("model", f"{model!r} ({where}) fails on the dataset's {shape} images: "
+                                   f"{plugins.describe(exc)}") from None
+    if tuple(getattr(out, "shape", ())) != (_PROBE_BATCH, num_classes):
+        got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+        raise ConfigError("model", f"{model!r} returns {got} for a batch of {_PROBE_BATCH} {shape} images; "
+                                   f"a classifier returns [batch, {num_classes}] logits (the dataset's classes)")
 
 
 def load_data(configs: list[dict]) -> dict[str, datasets.ImageData]:
@@ -103,7 +150,7 @@ def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     ds = data[cfg.dataset]
     splits = make_splits(ds, cfg, device)
     torch.manual_seed(cfg.seed)  # initialization
-    model = build_model(cfg.model, **model_args).to(device)
+    model = build_for(ds, cfg, model_args).to(device)
     report = tune_reporter({**info, "n_params": count_params(model)})
     train_split = splits.pop("train")
     fit(model, train_split, splits, cfg, report, resume=restored_state(config))
@@ -116,11 +163,12 @@ def train_packed(configs: list[dict], ids: list[str], data: dict[str, datasets.I
     parsed = [parse_config(ClassifierConfig, c) for c in configs]
     cfgs = [cfg for cfg, _ in parsed]
     device, info = trial_device()
-    splits = make_splits(data[cfgs[0].dataset], cfgs[0], device)  # data keys are shared by the pack
+    ds = data[cfgs[0].dataset]
+    splits = make_splits(ds, cfgs[0], device)  # data keys are shared by the pack
     models = []
     for cfg, model_args in parsed:
         torch.manual_seed(cfg.seed)  # initialization
-        models.append(build_model(cfg.model, **model_args).to(device))
+        models.append(build_for(ds, cfg, model_args).to(device))
     report = tune_reporter({**info, "n_params": count_params(models[0]), "pack_size": len(models)})
     train_split = splits.pop("train")
     # every cell of a pack carries the pack's checkpoint folder, if any
@@ -131,7 +179,7 @@ def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.dev
     """train / val (when val_size > 0) / test splits as indices into device tensors."""
     train_idx, val_idx = datasets.training_split(ds.train_y, cfg.train_size, cfg.val_size, cfg.data_seed)
     test_idx = datasets.test_subset(ds.test_y, cfg.test_size)
-    train_labels = datasets.noisy_labels(ds.train_y, train_idx, cfg.label_noise, cfg.data_seed)
+    train_labels = datasets.noisy_labels(ds.train_y, train_idx, cfg.label_noise, cfg.data_seed, ds.num_classes)
     train_x, train_y = datasets.as_tensor(ds.train_x, device), datasets.as_tensor(train_labels, device)
     test_x, test_y = datasets.as_tensor(ds.test_x, device), datasets.as_tensor(ds.test_y, device)
 
@@ -145,10 +193,15 @@ def make_splits(ds: datasets.ImageData, cfg: ClassifierConfig, device: torch.dev
     return splits
 
 
+def build_for(ds: datasets.ImageData | datasets.DatasetInfo, cfg, model_args: dict) -> torch.nn.Module:
+    """The config's model, built for the dataset's input shape and classes."""
+    return build_model(cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, **model_args)
+
+
 def model_params(config: dict) -> int:
     """Parameter count of the model a (validated) trial config builds."""
     cfg, model_args = parse_config(ClassifierConfig, config)
-    return count_params(build_model(cfg.model, **model_args))
+    return count_params(build_for(dataset_info(cfg.dataset), cfg, model_args))
 
 
 register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train,

@@ -118,10 +118,11 @@ _CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes: int = 10,
+def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes: int | None = None,
                    criterion: str = "cross_entropy") -> Evaluation:
     """Loss, accuracy and per-class accuracy over the whole split, in eval mode
-    (the mean squared error alone for criterion "mse")."""
+    (the mean squared error alone for criterion "mse"). `num_classes`: the model's
+    outputs (the logits' width) unless given."""
     was_training = model.training
     model.eval()
     device = split.x.device
@@ -136,12 +137,15 @@ def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes:
         model.train(was_training)
         return Evaluation(float(sq_sum) / count, float("nan"), [])
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros(num_classes, device=device, dtype=torch.long)
-    count = torch.zeros(num_classes, device=device, dtype=torch.long)
+    correct = count = None
     for start in range(0, len(split), batch_size):
         rows = split.idx[start : start + batch_size]
         logits = model(split.inputs(rows))
         labels = split.labels(rows)
+        if correct is None:
+            num_classes = num_classes or logits.shape[1]
+            correct = torch.zeros(num_classes, device=device, dtype=torch.long)
+            count = torch.zeros(num_classes, device=device, dtype=torch.long)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += torch.bincount(labels[logits.argmax(1) == labels], minlength=num_classes)
         count += torch.bincount(labels, minlength=num_classes)

@@ -55,7 +55,7 @@ from trainables.contract import Report, metric_row
 from trainables.engine import EngineConfig, evaluate_split, fit, weight_norm
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, validate_model
-from trainables.models import build_model, count_params
+from trainables.models import count_params
 from trainables.trial import restored_state, trial_device, tune_reporter
 
 # Keys the two solutions do not share; the message says what to set instead.
@@ -220,7 +220,7 @@ def new_model(cfg: InterpolationConfig, model_args: dict, solution: str, device:
     """A freshly initialized model for solution "A" or "B" (deterministic in the seed)."""
     offset = _B_INIT_SEED_OFFSET if solution == "B" and not cfg.same_init else 0
     torch.manual_seed(cfg.seed + offset)
-    return build_model(cfg.model, **model_args).to(device)
+    return classifier.build_for(classifier.dataset_info(cfg.dataset), cfg, model_args).to(device)
 
 
 def _engine_config(cfg: InterpolationConfig, solution: str) -> EngineConfig:
@@ -327,7 +327,7 @@ def train(config: dict, data: dict) -> None:
     cfg, model_args = _parse(config)
     device, info = trial_device()
     splits = make_splits(data[cfg.dataset], cfg, device)
-    n_params = count_params(build_model(cfg.model, **model_args))
+    n_params = count_params(classifier.build_for(classifier.dataset_info(cfg.dataset), cfg, model_args))
     run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state(config))
 
 

@@ -1,16 +1,27 @@
 """The model registry: name -> builder, each with a pydantic model of its arguments.
 
-Every model takes normalized images [B, 1, 28, 28] and returns logits [B, 10].
-A model's arguments are ordinary spec keys (`width: 2`, `hidden: [512]`), so they
-become columns of the results like any other hyperparameter.
+A model takes normalized images [B, C, H, W] and returns logits [B, num_classes];
+the builder is given the dataset's `input_shape` (C, H, W) and `num_classes` (the
+defaults are MNIST's: (1, 28, 28) and 10), so one spec key, `dataset:`, decides
+both. A model's arguments are ordinary spec keys (`width: 2`, `hidden: [512]`), so
+they become columns of the results like any other hyperparameter.
 
     >>> from trainables.models import build_model, count_params
     >>> count_params(build_model("cnn_overparam", width=1.0))
     3584202
+    >>> count_params(build_model("mlp", input_shape=(3, 32, 32), num_classes=100, hidden=[64]))
+    203172
+
+A plugin adds a model the same way the built-ins below do:
+
+    @register_model("tiny", TinyArgs)
+    def tiny(input_shape, num_classes, width): ...
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -21,8 +32,10 @@ from torch import nn
 from trainables.registry import Registry
 from trainables.widths import fit_widths
 
+# MNIST's shape: the default when no dataset is given (bench, docs, tests).
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
+MNIST_SHAPE = (1, IMAGE_SIDE, IMAGE_SIDE)
 
 
 class ModelArgs(BaseModel):
@@ -39,17 +52,31 @@ MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(name: str, args: type[ModelArgs]) -> Callable:
+    """Decorator: register a builder `build(input_shape, num_classes, **args)` under
+    `name`, with `args` (a ModelArgs subclass) validating its spec keys. A builder
+    that does not take `input_shape` / `num_classes` is not given them."""
+    if not (isinstance(args, type) and issubclass(args, BaseModel)):
+        raise TypeError(f"register_model({name!r}, args): args must be a ModelArgs subclass (pydantic), "
+                        f"got {args!r}")
+
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS.add(name, ModelEntry(build, args))
+        MODELS.add(name, ModelEntry(build, args), origin=inspect.getsourcefile(build))
         return build
 
     return decorator
 
 
-def build_model(name: str, **args) -> nn.Module:
-    """Build a registered model; `args` are validated by its argument model."""
+def build_model(name: str, input_shape: tuple[int, int, int] = MNIST_SHAPE, num_classes: int = NUM_CLASSES,
+                **args) -> nn.Module:
+    """Build a registered model for inputs [B, *input_shape] and `num_classes` logits;
+    `args` are validated by its argument model."""
     entry = MODELS[name]
-    return entry.build(**entry.args(**args).model_dump())
+    given = entry.args(**args).model_dump()
+    accepted = inspect.signature(entry.build).parameters
+    for key, value in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)):
+        if key in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            given[key] = value
+    return entry.build(**given)
 
 
 def count_params(model: nn.Module) -> int:
@@ -64,9 +91,9 @@ class NoArgs(ModelArgs):
 
 
 @register_model("linear", NoArgs)
-def linear() -> nn.Module:
-    """Multinomial logistic regression; its 10 weight rows are 28x28 templates."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(IMAGE_SIDE * IMAGE_SIDE, NUM_CLASSES))
+def linear(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Multinomial logistic regression; on MNIST its 10 weight rows are 28x28 templates."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
 
 
 class MLPArgs(ModelArgs):
@@ -76,15 +103,16 @@ class MLPArgs(ModelArgs):
 
 
 @register_model("mlp", MLPArgs)
-def mlp(hidden: list[int], activation: str, dropout: float) -> nn.Module:
+def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: list[int], activation: str,
+        dropout: float) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
-    width = IMAGE_SIDE * IMAGE_SIDE
+    width = math.prod(input_shape)
     for units in hidden:
         layers += [nn.Linear(width, units), ACTIVATIONS[activation]()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = units
-    layers.append(nn.Linear(width, NUM_CLASSES))
+    layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
 
@@ -99,20 +127,20 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model("cnn_overparam", CNNOverparamArgs)
-def cnn_overparam(width: float, head: int) -> nn.Module:
-    """conv 1->64->128->256 (3x3, BN, ReLU), 2x2 max-pools after the first two, then a
-    fully connected head 256*7*7 -> head -> 10. At width 1 the head holds 3.2M of the
-    3.58M parameters: far more than a 1k-5k image subset can pin down, which is
-    what makes weight decay matter."""
+def cnn_overparam(input_shape: tuple[int, int, int], num_classes: int, width: float, head: int) -> nn.Module:
+    """conv C->64->128->256 (3x3, BN, ReLU), 2x2 max-pools after the first two, then a
+    fully connected head 256*(H/4)*(W/4) -> head -> classes. On MNIST at width 1 the
+    head holds 3.2M of the 3.58M parameters: far more than a 1k-5k image subset can
+    pin down, which is what makes weight decay matter."""
     c1, c2, c3 = (max(1, round(c * width)) for c in (64, 128, 256))
-    side = IMAGE_SIDE // 4  # after two 2x2 pools
+    channels, height, side_w = input_shape
     return nn.Sequential(
-        *_conv_bn_relu(1, c1), nn.MaxPool2d(2),
+        *_conv_bn_relu(channels, c1), nn.MaxPool2d(2),
         *_conv_bn_relu(c1, c2), nn.MaxPool2d(2),
         *_conv_bn_relu(c2, c3),
         nn.Flatten(),
-        nn.Linear(c3 * side * side, head), nn.ReLU(),
-        nn.Linear(head, NUM_CLASSES),
+        nn.Linear(c3 * (height // 4) * (side_w // 4), head), nn.ReLU(),  # after two 2x2 pools
+        nn.Linear(head, num_classes),
     )
 
 
@@ -121,17 +149,17 @@ class CNNSmallArgs(ModelArgs):
 
 
 @register_model("cnn_small", CNNSmallArgs)
-def cnn_small(channels: list[int]) -> nn.Module:
+def cnn_small(input_shape: tuple[int, int, int], num_classes: int, channels: list[int]) -> nn.Module:
     """conv3x3 -> ReLU -> 2x2 max-pool per entry of `channels`, then global average
     pooling and a linear layer. No BatchNorm, so weights can be interpolated and
     Hessians taken without batch statistics getting in the way. Parameter count
-    grows with the channel widths alone (the head is channels[-1] x 10)."""
+    grows with the channel widths alone (the head is channels[-1] x classes)."""
     layers: list[nn.Module] = []
-    c_in = 1
+    c_in = input_shape[0]
     for c_out in channels:
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
     return nn.Sequential(*layers)
 
 
@@ -171,19 +199,21 @@ class CNNTargetArgs(ModelArgs):
 
 
 @register_model("cnn_target", CNNTargetArgs)
-def cnn_target(target_params: int, shape: list[float], pool_after: list[int], channels: list[int]) -> nn.Module:
+def cnn_target(input_shape: tuple[int, int, int], num_classes: int, target_params: int, shape: list[float],
+               pool_after: list[int], channels: list[int]) -> nn.Module:
     """conv3x3 -> ReLU per entry of `channels` (2x2 max-pool after the layers in
     `pool_after`), global average pool, linear; no BatchNorm. The channels are
     `shape` scaled by trainables.widths.fit_widths until the parameter count is
     closest to `target_params`, so networks of different depth can be compared at
-    equal size. Unlike cnn_small (a pool after every conv), it can be deep: with
-    pools only where asked, later layers still see 7x7 pixels or more."""
+    equal size (the fit counts MNIST's one input channel and 10 classes). Unlike
+    cnn_small (a pool after every conv), it can be deep: with pools only where
+    asked, later layers still see 7x7 pixels or more."""
     layers: list[nn.Module] = []
-    c_in = 1
+    c_in = input_shape[0]
     for i, c_out in enumerate(channels):
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
         if i in pool_after:
             layers.append(nn.MaxPool2d(2))
         c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
     return nn.Sequential(*layers)

@@ -236,17 +236,20 @@ class PackedOptimizer:
 
 
 @torch.no_grad()
-def evaluate_packed(packed: PackedModels, split: Split, batch_size: int, num_classes: int = 10) -> list[Evaluation]:
+def evaluate_packed(packed: PackedModels, split: Split, batch_size: int, num_classes: int | None = None) -> list[Evaluation]:
     """engine.evaluate_split for every model of the pack at once (eval mode), on the
-    same batches: one Evaluation per model."""
+    same batches: one Evaluation per model (`num_classes`: the logits' width unless given)."""
     device = split.x.device
     loss_sum = torch.zeros(packed.k, device=device)
-    correct = torch.zeros(packed.k, num_classes, device=device, dtype=torch.long)
-    count = torch.zeros(num_classes, device=device, dtype=torch.long)
+    correct = count = None
     for start in range(0, len(split), batch_size):
         rows = split.idx[start : start + batch_size]
         labels = split.labels(rows)
         logits = packed.forward(split.inputs(rows), training=False, shared_input=True)  # [K, B, C]
+        if correct is None:
+            num_classes = num_classes or logits.shape[2]
+            correct = torch.zeros(packed.k, num_classes, device=device, dtype=torch.long)
+            count = torch.zeros(num_classes, device=device, dtype=torch.long)
         losses = F.cross_entropy(logits.flatten(0, 1), labels.repeat(packed.k), reduction="none")
         loss_sum += losses.view(packed.k, -1).sum(1)
         hits = (logits.argmax(2) == labels).long()  # [K, B]

@@ -40,7 +40,7 @@ from trainables.contract import Report, metric_row
 from trainables.engine import evaluate_split, fit, weight_norm
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, validate_model
-from trainables.models import build_model, count_params
+from trainables.models import count_params
 from trainables.trial import restored_state, trial_device, tune_reporter
 
 SNAPSHOT_DIR = "snapshots"
@@ -159,7 +159,7 @@ def train(config: dict, data: dict) -> None:
     device, info = trial_device()
     splits = make_splits(data[cfg.dataset], cfg, device)
     torch.manual_seed(cfg.seed)  # initialization
-    model = build_model(cfg.model, **model_args).to(device)
+    model = classifier.build_for(classifier.dataset_info(cfg.dataset), cfg, model_args).to(device)
     report = tune_reporter({**info, "n_params": count_params(model)})
     run(model, splits, cfg, report, Path.cwd(), resume=restored_state(config))
 

@@ -31,19 +31,22 @@ MISCLASSIFIED_TOP_K = 24
 
 @torch.no_grad()
 def confusion_and_mistakes(model: nn.Module, test: Split, batch_size: int, top_k: int = MISCLASSIFIED_TOP_K,
-                           num_classes: int = 10) -> dict:
+                           num_classes: int | None = None) -> dict:
     """The confusion matrix over the whole split and its `top_k` most confident errors.
 
     The whole split, not `probe_size` images: the matrix is meant to agree with the
     trial's test accuracy, and one extra forward pass over the test set is cheap."""
     model.eval()
     device = test.x.device
-    matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    matrix = None
     wrong_rows, wrong_true, wrong_pred, wrong_conf = [], [], [], []
     for start in range(0, len(test), batch_size):
         rows = test.idx[start : start + batch_size]
         labels = test.labels(rows)
         probs = torch.softmax(model(test.inputs(rows)).float(), dim=1)
+        if matrix is None:  # classes: the model's outputs unless given
+            num_classes = num_classes or probs.shape[1]
+            matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
         conf, pred = probs.max(dim=1)
         matrix += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
         wrong = pred != labels

@@ -27,6 +27,20 @@ from trainables.contract import HISTORY_FILE, REPORT_DIR, STEPS_FILE, TRIALS_FIL
 from trainables.tuning import EDGE_FRACTION
 
 
+def load_recorded_plugins(study: dict) -> None:
+    """Import the plugins a study ran with (from study.json), so `gensweep report`
+    on its own draws their figure kinds too. A plugin that is gone is skipped: the
+    built-in figures are still drawn, and its own kinds are refused by name."""
+    from trainables import plugins
+
+    present = [p for p in study.get("plugins") or [] if Path(p["path"]).is_file()]
+    if present and not plugins.active():
+        try:
+            plugins.activate(plugins.resolve([p["path"] for p in present], Path("/")))
+        except plugins.PluginError as exc:
+            raise UserError(f"{study.get('source')}: plugins: {exc}") from None
+
+
 def figure_kinds() -> dict:
     """Every figure kind, the study modules' included."""
     import analysis.studies  # noqa: F401  (registers their kinds)
@@ -276,7 +290,11 @@ def draw_figure(fig_spec: dict, history: pd.DataFrame, trials: pd.DataFrame, pat
                 spec: dict | None = None) -> Path | None:
     """Draw one figure as the PNG `path` (None: nothing to draw); a kind that takes the
     study's spec (analysis.figures.wants_spec) gets `spec`."""
-    function = figure_kinds()[fig_spec["kind"]]
+    kinds = figure_kinds()
+    if fig_spec["kind"] not in kinds:  # a plugin's kind, and the plugin file is gone
+        raise UserError(f"figure kind {fig_spec['kind']!r} is not registered: the plugin that adds it "
+                        f"(see study.json's plugins) is missing")
+    function = kinds[fig_spec["kind"]]
     extra = {"spec": spec} if wants_spec(function) else {}
     return function(history, trials, fig_spec, path, **extra)
 
@@ -288,6 +306,7 @@ def write_report(folder: Path) -> str:
     report's path, one '  boundary: ' line per best value at an edge of its range."""
     folder = Path(folder)
     study = require_record(folder)
+    load_recorded_plugins(study)
     # Only the current spec's cells: trials of an earlier version of the spec (another
     # fixed value, a removed grid value) stay on disk but never mix into the figures.
     history, trials, steps = collect_tables(folder, study.get("cell_ids"))

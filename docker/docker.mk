@@ -60,14 +60,15 @@ docker-build:
 	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  --build-arg GIT_COMMIT=$(GIT_COMMIT) $(build_mounts) $(DOCKER_BUILD_ARGS) .
 
-# The spec is mounted from this checkout (edit it and rerun without rebuilding); the
-# code and data are the image's.
+# The spec's folder is mounted (read only) from this checkout, so a spec's plugin
+# files and .npz datasets beside it are found; edit them and rerun without
+# rebuilding. gensweep's own code and MNIST are the image's.
 docker-run:
 	@test -n "$(SPEC)" || { echo "usage: make docker-run SPEC=sweeps/NAME.yaml [PROFILE=quick|smoke] [RESULTS=results]"; exit 2; }
 	@test -f "$(SPEC)" || { echo "error: $(SPEC): no such spec file"; exit 2; }
 	@mkdir -p $(RESULTS)
 	$(ENGINE) run --rm --shm-size=$(SHM_SIZE) $(user_flags) \
-	  -v $(abspath $(RESULTS)):/results -v $(abspath $(SPEC)):/specs/$(notdir $(SPEC)):ro \
+	  -v $(abspath $(RESULTS)):/results -v $(abspath $(dir $(SPEC))):/specs:ro \
 	  $(DOCKER_RUN_ARGS) $(IMAGE) run /specs/$(notdir $(SPEC)) $(if $(PROFILE),--profile $(PROFILE)) --results /results $(ARGS)
 
 test-docker:

@@ -3,7 +3,8 @@
 #   1. build the local base image (docker/build-base-image.sh; skipped when it exists),
 #   2. build the real docker/Dockerfile with BASE_IMAGE pointing at it,
 #   3. run the smoke profile of sweeps/wd.yaml in a container as the image's non-root
-#      user, results written to a host folder,
+#      user, results written to a host folder, then examples/own.yaml's (plugin
+#      files and an .npz beside the mounted spec),
 #   4. check on the host: history.parquet, trials.parquet, report/index.html, every
 #      trial status ok; the image's Ray equals pyproject's pin and a Ray head starts
 #      in it (the cluster-node role),
@@ -98,5 +99,24 @@ else  # no venv on this host: read them with the image's pandas
 fi
 owner=$(stat -c %u "$study/trials.parquet")
 [[ $owner == "$uid" ]] || fail "results owned by uid $owner, expected the container user $uid"
+
+step "plugins beside the mounted spec: examples/own.yaml (smoke) in a container"
+"$MAKE" --no-print-directory -f docker/docker.mk docker-run ENGINE=podman IMAGE="$IMAGE" SPEC=examples/own.yaml \
+    PROFILE=smoke RESULTS="$results" DOCKER_USER="$uid:$uid" ARGS="--progress-every 60" \
+    || fail "the plugin example failed in the container"
+own=$(cat <<'PY'
+import sys
+import pandas as pd
+trials = pd.read_parquet(sys.argv[1] + "/trials.parquet")
+assert len(trials) == 4 and (trials["status"] == "ok").all(), trials["status"].tolist()
+assert trials["final_margin_mean"].notna().all() and trials["plugin_sha256"].str.contains("resmlp.py=").all()
+print(f"plugin example: {len(trials)} trials ok, arch {sorted(trials['arch'].unique())}, dataset {trials['dataset'][0]}")
+PY
+)
+if [[ -x .venv/bin/python ]]; then
+    .venv/bin/python -c "$own" "$results/own-smoke" || fail "bad plugin example results"
+else
+    podman run --rm -v "$results/own-smoke:/study:ro" --entrypoint python "$IMAGE" -c "$own" /study || fail "bad plugin example results"
+fi
 
 echo "test-docker passed: image $IMAGE ($(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.1f GB", $1/1e9}')), smoke run ${run_s} s, wall time $(( $(date +%s) - start )) s"

@@ -1,6 +1,7 @@
 """gensweep's command line: `gensweep ...` (the console script), or `python -m sweeps ...`.
 
     gensweep run SPEC [--profile quick|smoke] [--storage DIR|URI] [--fresh] [--pack K] [--address ADDR]
+                 [--accept-plugin-change]
     gensweep validate SPEC [SPEC ...] [--profile quick|smoke]
     gensweep status SPEC [--profile quick|smoke] [--storage DIR]   # done / running / missing / failed
     gensweep report results/<study>                                # rebuild tables, figures, index page
@@ -71,6 +72,9 @@ def _study_command(sub, name: str, help: str, fresh_help: str | None = None) -> 
     _storage_arguments(parser)
     if fresh_help:
         parser.add_argument("--fresh", action="store_true", help=fresh_help)
+        parser.add_argument("--accept-plugin-change", action="store_true",
+                            help="resume although a plugin file changed since the study's cells ran "
+                                 "(the change is recorded in study.json); default: refuse")
         _pack_argument(parser)
     return parser
 
@@ -145,12 +149,14 @@ def main(argv: list[str] | None = None, prog: str = "gensweep") -> int:
             from sweeps.submit import submit
 
             return submit(study, args.spec, address=args.address, storage=storage_of(args, study),
-                          fresh=args.fresh, wait=not args.no_wait, pack=args.pack)
+                          fresh=args.fresh, wait=not args.no_wait, pack=args.pack,
+                          accept_plugin_change=args.accept_plugin_change)
         from analysis.report import write_report
         from sweeps.runner import run_study
 
         outcome = run_study(study, storage_of(args, study) or "results", address=args.address, fresh=args.fresh,
-                            progress_every=args.progress_every, report=write_report)
+                            progress_every=args.progress_every, report=write_report,
+                            accept_plugin_change=args.accept_plugin_change)
         return outcome.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

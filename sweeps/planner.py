@@ -88,6 +88,27 @@ def check_study_dir(study: Study, folder: Path | str) -> dict | None:
     return stored
 
 
+def plugin_changes(study: Study, folder: Path | str, stored: dict | None, accept: bool) -> list[dict]:
+    """The study record's log of accepted plugin changes, with any new ones. A plugin
+    file whose sha256 differs from the one the study's cells ran with is refused
+    (results must not mix two versions of the code) unless `accept`, which logs it."""
+    log = list((stored or {}).get("plugin_changes") or [])
+    before = {p["plugin"]: p for p in (stored or {}).get("plugins") or []}
+    for plugin in study.plugins:
+        old = before.get(plugin.entry)
+        if old is None or old["sha256"] == plugin.sha256:
+            continue
+        if not accept:
+            raise SpecError(f"{plugin.path}: plugin changed since the cells in {folder} ran (sha256 "
+                            f"{old['sha256'][:12]} -> {plugin.sha256[:12]}); run with --fresh to start a new study, "
+                            f"or with --accept-plugin-change to keep its results and record the change")
+        log.append({"plugin": plugin.entry, "path": plugin.path, "from": old["sha256"], "to": plugin.sha256,
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        print(f"{plugin.path}: plugin changed (sha256 {old['sha256'][:12]} -> {plugin.sha256[:12]}); "
+              f"keeping the study's results and recording the change in study.json", flush=True)
+    return log
+
+
 def growable(stored: dict | None) -> bool | None:
     """Whether a study folder's record lists its experiments and cell ids (and so can
     grow); None for a new folder."""

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from sweeps import tuneconfig
 from sweeps.planner import (
-    check_study_dir, packs_for, plan_study, resumed, study_dir_for, tracks_cells, trial_size, varying_keys,
+    check_study_dir, packs_for, plugin_changes, plan_study, resumed, study_dir_for, tracks_cells, trial_size, varying_keys,
 )
 from sweeps.provenance import provenance
 from sweeps.schema import Study, cell_id
@@ -97,7 +97,7 @@ class StudyOutcome(NamedTuple):
 
 def run_study(study: Study, results: str | Path, *, address: str | None = None, fresh: bool = False,
               progress_every: float = 20.0, callbacks: list | None = None,
-              report: ReportWriter | None = None) -> StudyOutcome:
+              report: ReportWriter | None = None, accept_plugin_change: bool = False) -> StudyOutcome:
     """Run (or resume) a study, then `report` it. Raises SpecError/UserError on bad input.
 
     `results` is the parent of study folders: a local (or shared) path or a storage
@@ -109,6 +109,7 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
 
     folder = study_dir_for(study, results, fresh)
     stored = check_study_dir(study, folder)
+    changes = plugin_changes(study, folder, stored, accept_plugin_change)
     data_started = time.monotonic()
     data = get_family(study.spec.family).load_data(study.cells)  # before Ray starts: a data error costs nothing
     data_seconds = time.monotonic() - data_started
@@ -116,6 +117,9 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     record = {"spec": json.loads(study.spec.model_dump_json()), "profile": study.profile,
               "study": study.study_name, "source": study.source, "n_cells": len(study.cells),
               "provenance": provenance()}
+    if study.plugins or changes:
+        record["plugins"] = [p.record() for p in study.plugins]
+        record["plugin_changes"] = changes
     if stored is not None:
         record["provenance"]["resumed"] = True
         record["spec_first_run"] = stored.get("spec_first_run") or stored.get("provenance")

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from sweeps.specyaml import SpecError, read_yaml
+from trainables import plugins as user_plugins
 from trainables.errors import ConfigError
 from trainables.families import FAMILIES, get_family, suggest
 
@@ -159,6 +160,9 @@ class Spec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     family: str
     description: str = ""
+    # Your own code: Python files (relative to the spec's folder) or module names,
+    # imported before validation and in every trial (trainables/plugins.py). They run.
+    plugins: list[str] = Field(default_factory=list)
     fixed: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: Search | None = None
@@ -180,12 +184,13 @@ class Spec(_Strict):
 class Study(BaseModel):
     """A validated spec with one profile applied, and the trial configs it makes."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     spec: Spec
     profile: str | None
     source: str  # the spec file
     cells: list[dict]  # resolved config of every grid cell x seed (defaults filled in)
+    plugins: list[user_plugins.Plugin] = Field(default_factory=list)  # read and imported
 
     @property
     def study_name(self) -> str:
@@ -308,6 +313,7 @@ def load_study(path: str | Path, profile: str | None = None, pack: int | None = 
     for axis, values in spec.grid.items():
         if not values:
             raise SpecError(f"{path}: grid.{axis}: empty list; give at least one value or remove the axis")
+    plugins = load_plugins(path, spec)
     _check_nuisance_keys(path, spec)
     cells = _resolve_cells(path, spec)
     if spec.search is not None:
@@ -315,7 +321,26 @@ def load_study(path: str | Path, profile: str | None = None, pack: int | None = 
             update={"metric": _search_metric(path, spec, cells[0])})})
     _check_pack(path, spec)
     _check_figures(path, spec, cells)
-    return Study(spec=spec, profile=profile, source=str(path), cells=cells)
+    return Study(spec=spec, profile=profile, source=str(path), cells=cells, plugins=plugins)
+
+
+def load_plugins(path: Path, spec: Spec) -> list[user_plugins.Plugin]:
+    """Read and import the spec's plugins (they register models, datasets, ...
+    that the rest of the spec may name). A problem is one line naming the spec key
+    and the plugin's file and line."""
+    found = []
+    for i, entry in enumerate(spec.plugins):
+        try:
+            found += user_plugins.resolve([entry], path.parent)
+        except user_plugins.PluginError as exc:
+            raise SpecError(f"{path}: plugins[{i}]: {exc}") from None
+    for i in range(len(found)):
+        try:
+            user_plugins.activate(found[: i + 1])
+        except user_plugins.PluginError as exc:
+            raise SpecError(f"{path}: plugins[{i}]: {exc}") from None
+    user_plugins.activate(found)  # also when there are none: the provenance is this study's
+    return found
 
 
 def _check_nuisance_keys(path: Path, spec: Spec) -> None:
@@ -390,6 +415,8 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
             for probe in probes:
                 probed = {**seeded, **dict(zip(searched, probe))}
                 try:
+                    if "dataset" in probed:  # {npz: file} is relative to the spec's folder
+                        probed["dataset"] = _dataset_ref(probed["dataset"], path.parent)
                     resolved = family.validate(probed)
                 except ConfigError as exc:
                     top = re.split(r"[.\[]", exc.key)[0]
@@ -398,6 +425,15 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
             # A variant axis becomes a column holding the variant's name.
             cells.append({**{k: v for k, v in resolved.items() if k not in searched}, **labels})
     return cells
+
+
+def _dataset_ref(value: Any, base_dir: Path) -> str:
+    from trainables import data
+
+    try:
+        return data.dataset_ref(value, base_dir)
+    except (ValueError, data.DataError) as exc:
+        raise ConfigError("dataset", str(exc)) from None
 
 
 def _check_pack(path: Path, spec: Spec) -> None:

@@ -23,11 +23,13 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from sweeps.workerenv import WORKER_ENV
 from sweeps.schema import Study
+from trainables import plugins
 from trainables.storage import is_uri
 from trainables.errors import UserError
 
@@ -121,30 +123,47 @@ def entrypoint(spec: Path, profile: str | None, results: str, fresh: bool, pack:
     return " ".join(parts)
 
 
-def runtime_env() -> dict:
+def runtime_env(plugin_package: Path | None = None) -> dict:
+    """The job's runtime_env: this checkout as its working dir, and (`plugin_package`)
+    a package of the spec's plugin files that live outside it (py_modules)."""
     from sweeps.provenance import git_commit
 
     # The upload has no .git: the job records the commit that was submitted.
     env = {**JOB_ENV, "GENSWEEP_GIT_COMMIT": git_commit()}
     if auth_token():
         env["RAY_AUTH_MODE"] = "token"  # the job's driver talks to the cluster with the head's token
-    return {"working_dir": str(REPO), "excludes": UPLOAD_EXCLUDES, "env_vars": env}
+    extra = {}
+    if plugin_package is not None:
+        env[plugins.JOB_PLUGINS_ENV] = plugin_package.name
+        extra["py_modules"] = [str(plugin_package)]
+    return {"working_dir": str(REPO), "excludes": UPLOAD_EXCLUDES, "env_vars": env, **extra}
 
 
 def submit(study: Study, spec: Path, *, address: str | None, storage: str | None, fresh: bool = False,
-           wait: bool = True, pack: int | None = None) -> int:
+           wait: bool = True, pack: int | None = None, accept_plugin_change: bool = False) -> int:
     """Submit the study as a Ray job; with `wait`, stream its logs and return its
     exit status (0 when the job succeeded)."""
     results = study_results(storage)
     command = entrypoint(spec, study.profile, results, fresh, pack)  # bad input fails before any network call
+    if accept_plugin_change:
+        command += " --accept-plugin-change"
     jobs = client(address)
+    with tempfile.TemporaryDirectory(prefix="gensweep-submit-") as staging:
+        name = plugins.bundle(study.plugins, REPO, Path(staging))  # plugins from outside the checkout travel too
+        if name is not None:
+            print(f"plugins from outside {REPO} travel as the job's py_module {name}", flush=True)
+        return _submit(jobs, address, study, command, results, wait, Path(staging) / name if name else None)
+
+
+def _submit(jobs, address: str | None, study: Study, command: str, results: str, wait: bool,
+            plugin_package: Path | None) -> int:
     url = job_address(address)
     # Ray logs each packaging step and warns about excludes we set on purpose.
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger("ray._private.runtime_env").setLevel(logging.ERROR)
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # sets INFO on itself
     print(f"uploading {REPO} as the job's working dir (without {', '.join(UPLOAD_EXCLUDES[:4])}, ...)", flush=True)
-    job_id = _call(url, jobs.submit_job, entrypoint=command, runtime_env=runtime_env(),
+    job_id = _call(url, jobs.submit_job, entrypoint=command, runtime_env=runtime_env(plugin_package),
                    metadata={"gensweep_study": study.study_name})
     print(f"submitted {study.study_name} as Ray job {job_id} to {url}", flush=True)
     print(f"  entrypoint: {command}", flush=True)

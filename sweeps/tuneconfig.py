@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sweeps.planner import Plan
 from sweeps.schema import Study, cell_id
+from trainables import plugins as user_plugins
 from trainables.contract import CELL_KEY, PACK_KEY, TUNING_KEY, flat_config
 from trainables.families import get_family
 
@@ -23,13 +24,16 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def run_trial(config: dict, family: str, data) -> None:
+def run_trial(config: dict, family: str, data, plugins: list | None = None) -> None:
     """The Tune trainable. A grid trial's config is {"cell": resolved config} (a tuned
     study's trial adds its nuisance values and TUNING_KEY), a packed trial's {"pack": {"cells", "ids", "id"}}; a
     cell carried over from an earlier experiment of the study names its last
-    checkpoint under RESUME_KEY, which the family's `restored_state(config)` reads."""
+    checkpoint under RESUME_KEY, which the family's `restored_state(config)` reads.
+    `plugins` (trainables.plugins.Plugin, with their source text) are imported first:
+    they may define the family, model or dataset this trial uses."""
     # One INFO line per checkpoint from Ray Train would flood the driver's console.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    user_plugins.activate(list(plugins or []))
     if PACK_KEY in config:  # several cells trained together (spec `pack:`)
         pack = config[PACK_KEY]
         get_family(family).train_packed(pack["cells"], pack["ids"], data)
@@ -136,4 +140,5 @@ def trainable(study: Study, data, resources: dict):
     trial's resources."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data), resources)
+    return tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data,
+                                                    plugins=list(study.plugins)), resources)

@@ -144,6 +144,42 @@ def _too_many_gpus(tmp: Path, spec: Path, results: Path) -> Setup:
     return _run(spec, results, env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU even on a GPU machine
 
 
+def _files(**files: str) -> Callable[[Path, Path, Path], Setup]:
+    """A setup that writes plugin files (name=text; `__` in a name is a `.`) beside the spec."""
+
+    def setup(tmp: Path, spec: Path, results: Path) -> Setup:
+        for name, text in files.items():
+            (tmp / name.replace("__", ".")).write_text(text)
+        return _run(spec, results)
+
+    return setup
+
+
+def _npz(**arrays) -> Callable[[Path, Path, Path], Setup]:
+    """A setup that writes bad.npz beside the spec with these arrays (the rest fine)."""
+    import numpy as np
+
+    def setup(tmp: Path, spec: Path, results: Path) -> Setup:
+        good = {"train_x": np.zeros((100, 8, 8), np.uint8), "train_y": np.arange(100) % 4,
+                "test_x": np.zeros((40, 8, 8), np.uint8), "test_y": np.arange(40) % 4}
+        np.savez(tmp / "bad.npz", **{k: v for k, v in {**good, **arrays}.items() if v is not None})
+        return _run(spec, results)
+
+    return setup
+
+
+NPZ = {"fixed__dataset": {"npz": "bad.npz"}}
+
+# A plugin model that only fits 3x32x32 images (a CIFAR net given MNIST).
+WIDE_MODEL = """import gensweep
+from torch import nn
+
+
+@gensweep.register_model("wide", gensweep.ModelArgs)
+def wide(input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+"""
+
 MALFORMED = "name: badin\nfamily: classifier\nfixed: {lr: 0.1, epochs: 1\ngrid:\n  weight_decay: [0]\n"
 
 CASES: dict[str, Case] = {
@@ -164,8 +200,37 @@ CASES: dict[str, Case] = {
                            ["{spec}: family: unknown family 'clasifier' (did you mean 'classifier'?)"]),
     "unknown_model": Case(spec_text(fixed__model="mlpp"),
                           ["{spec}: fixed.model: unknown model 'mlpp' (did you mean 'mlp'?)"]),
-    "unknown_dataset": Case(spec_text(fixed__dataset="cifar10"),
-                            ["{spec}: fixed.dataset: ", "'mnist' or 'fashion_mnist'", "'cifar10'"]),
+    "unknown_dataset": Case(spec_text(fixed__dataset="cifar100"),
+                            ["{spec}: fixed.dataset: ", "'cifar100'", "(did you mean 'cifar10'?)"]),
+    # Plugins (trainables/plugins.py): the file, and the line where there is one.
+    "plugin_file_missing": Case(spec_text(plugins=["nothere.py"]),
+                                ["{spec}: plugins[0]: {tmp}/nothere.py: no such plugin file"]),
+    "plugin_syntax_error": Case(spec_text(plugins=["typo.py"]),
+                                ["{spec}: plugins[0]: {tmp}/typo.py:3: syntax error"],
+                                _files(typo__py="import gensweep\n\ndef model(:\n    pass\n")),
+    "plugin_raises_on_import": Case(spec_text(plugins=["boom.py"]),
+                                    ["{spec}: plugins[0]: {tmp}/boom.py:2: importing the plugin raised "
+                                     "RuntimeError: no licence server"],
+                                    _files(boom__py="x = 1\nraise RuntimeError('no licence server')\n")),
+    "plugin_registers_an_existing_name": Case(
+        spec_text(plugins=["dup.py"]),
+        ["{spec}: plugins[0]: {tmp}/dup.py:5: ", "model 'mlp' is registered twice: by trainables/models.py and "
+         "by {tmp}/dup.py"],
+        _files(dup__py="import gensweep\n\n\n# the built-in's name\n@gensweep.register_model('mlp', gensweep.ModelArgs)\n"
+                       "def mlp(input_shape, num_classes):\n    pass\n")),
+    "model_forward_fails_on_the_dataset": Case(
+        spec_text(plugins=["wide.py"], fixed__model="wide"),
+        ["{spec}: fixed.model: 'wide' ({tmp}/wide.py) fails on the dataset's 1x28x28 images: RuntimeError: "],
+        _files(wide__py=WIDE_MODEL)),
+    "npz_missing_arrays": Case(spec_text(**NPZ), ["{spec}: fixed.dataset: {tmp}/bad.npz: missing array(s) test_y "
+                                                  "(the file holds test_x, train_x, train_y)"],
+                               _npz(test_y=None)),
+    "npz_lengths_differ": Case(spec_text(**NPZ), ["{spec}: fixed.dataset: {tmp}/bad.npz: ", "train_x", "100",
+                                                  "train_y", "99"],
+                               _npz(train_y=__import__("numpy").arange(99) % 4)),
+    "npz_label_out_of_range": Case(spec_text(**NPZ), ["{spec}: fixed.dataset: {tmp}/bad.npz: test_y[3] is label 7, "
+                                                      "outside 0..3"],
+                                   _npz(test_y=__import__("numpy").array([0, 1, 2, 7] * 10))),
     "unknown_optimizer": Case(spec_text(fixed__optimizer="adamw"),
                               ["{spec}: fixed.optimizer: ", "'sgd' or 'adam'", "'adamw'"]),
     "search_low_not_below_high": Case(
@@ -234,7 +299,8 @@ def _run_case(name: str, case: Case, tmp: Path) -> Outcome:
         after = _snapshot(results)
     finally:
         results.chmod(0o755)
-    return Outcome(proc, before, after, {"spec": str(spec), "results": str(results), "data": str(tmp / "data")})
+    return Outcome(proc, before, after, {"spec": str(spec), "results": str(results), "data": str(tmp / "data"),
+                                         "tmp": str(tmp)})
 
 
 @pytest.fixture(scope="module")

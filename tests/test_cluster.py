@@ -1,6 +1,7 @@
 """A real two-node Ray cluster on this machine (head + worker as separate processes on
 127.0.0.1, token auth on): the wd smoke study submitted as a Ray job runs its trials
-on both nodes and writes the same results as a local run; job commands and auth
+on both nodes and writes the same results as a local run; the plugin example runs
+there too, with a plugin file from outside the checkout; job commands and auth
 errors behave; `down` stops exactly the processes `up` started."""
 
 from __future__ import annotations
@@ -77,6 +78,42 @@ def test_submitted_results_equal_a_local_run(submitted, tmp_path):
         pd.read_parquet(folder / "history.parquet")[history].sort_values("weight_decay").reset_index(drop=True),
         pd.read_parquet(tmp_path / "wd-smoke" / "history.parquet")[history].sort_values("weight_decay").reset_index(drop=True),
         rtol=1e-6)
+
+
+def test_the_plugin_example_runs_through_submit_with_a_plugin_from_outside_the_checkout(two_nodes, tmp_path):
+    """examples/own.yaml's smoke profile as a Ray job, with one of its plugin files
+    moved outside the checkout: it travels as the job's py_module, and the trials on
+    both nodes run it (their results carry its hash)."""
+    import hashlib
+    import json
+
+    import yaml
+
+    outside = tmp_path / "my_plugins"
+    outside.mkdir()
+    shutil.copy(REPO / "examples" / "plugins" / "margin.py", outside / "margin.py")
+    spec = yaml.safe_load((REPO / "examples" / "own.yaml").read_text())
+    spec["plugins"] = ["plugins/resmlp.py", str(outside / "margin.py"), "plugins/shifted.py"]
+    # a submitted spec lives in the checkout (the job uploads it); this one only for this test
+    path = REPO / "examples" / f".submit-test-{os.getpid()}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        proc = sweeps_cli("submit", str(path.relative_to(REPO)), "--profile", "smoke", "--address",
+                          two_nodes.job_address, "--storage", str(tmp_path / "shared"))
+    finally:
+        path.unlink()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "travel as the job's py_module gensweep_job_plugins_" in proc.stdout and "SUCCEEDED" in proc.stdout
+    folder = tmp_path / "shared" / "own-smoke"
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 4 and (trials["status"] == "ok").all() and trials["node_id"].nunique() == 2
+    assert trials["final_margin_mean"].notna().all()
+    sha = hashlib.sha256((outside / "margin.py").read_bytes()).hexdigest()
+    assert trials["plugin_sha256"].str.contains(f"margin.py={sha}").all()
+    margin = json.loads((folder / "study.json").read_text())["plugins"][1]
+    # the job read the shipped copy, not the file on this machine's disk
+    assert margin["sha256"] == sha and "gensweep_job_plugins_" in margin["path"] and str(outside) not in margin["path"]
+    assert (folder / "report" / "03-margin_bars.png").exists()
 
 
 def test_job_commands_list_and_show_the_job(two_nodes, submitted):

@@ -363,7 +363,8 @@ def test_make_targets_name_the_versioned_image_and_mount_results():
     run = _dry_run("docker-run", "ENGINE=docker", "SPEC=sweeps/wd.yaml", "PROFILE=smoke", "RESULTS=/tmp/x",
                    "DOCKER_USER=1000:1000")
     assert "--user 1000:1000 -v /tmp/x:/results" in run
-    assert f"-v {REPO}/sweeps/wd.yaml:/specs/wd.yaml:ro" in run
+    # the spec's folder, so plugin files and .npz datasets beside the spec are there too
+    assert f"-v {REPO}/sweeps:/specs:ro" in run and "run /specs/wd.yaml --profile smoke" in run
     assert f"gensweep:{VERSION} run /specs/wd.yaml --profile smoke --results /results" in run
     usage = subprocess.run(["make", "--no-print-directory", "-f", "docker/docker.mk", "docker-run", "ENGINE=docker"],
                            cwd=REPO, capture_output=True, text=True, timeout=30)

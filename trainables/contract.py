@@ -59,7 +59,7 @@ CONTRACT_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "gap_acc
                     "weight_norm", "grad_norm", "time_s"]
 # Per-trial facts the trial reports with every row; they go to trials.parquet.
 TRIAL_FACTS = ["n_params", "device", "gpu_name", "gpu_ids", "hostname", "node_id", "num_threads",
-               "pack_id", "pack_size"]
+               "pack_id", "pack_size", "plugin_sha256"]
 # Tune's own bookkeeping keys in a report (not metrics).
 TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
                        "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",

@@ -72,6 +72,11 @@ def tune_reporter(extra: dict) -> Report:
     """An engine callback: report metrics (plus `extra`, e.g. device and n_params)
     to Tune, with the state as a checkpoint when there is one."""
 
+    from trainables import plugins
+
+    if plugins.active():  # results never mix two versions of a user's code
+        extra = {**extra, "plugin_sha256": plugins.provenance()}
+
     def report(metrics: dict, state: dict | None) -> None:
         metrics = {**metrics, **extra}
         if state is None:

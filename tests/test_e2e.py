@@ -1,6 +1,7 @@
-"""End to end: every spec's smoke profile on a local Ray, through the CLI, produces
-the output contract (Parquet columns, report PNGs); a re-run resumes instead of
-retraining; a folder holding another spec's results is refused."""
+"""End to end: every spec's smoke profile (sweeps/*.yaml and the plugin examples,
+examples/*.yaml) on a local Ray, through the CLI, produces the output contract
+(Parquet columns, report PNGs); a re-run resumes instead of retraining; a folder
+holding another spec's results is refused."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
 
 REPO = Path(__file__).resolve().parent.parent
-SPECS = sorted((REPO / "sweeps").glob("*.yaml"))
+SPECS = sorted((REPO / "sweeps").glob("*.yaml")) + sorted((REPO / "examples").glob("*.yaml"))
 
 HISTORY_COLUMNS = ["trial_id", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "gap_acc", "gap_loss",
                    "weight_norm", "grad_norm", "time_s", "weight_decay", "lr", "batch_size", "train_size", "seed", "model"]
@@ -47,6 +48,22 @@ def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPr
         assert proc.returncode == 0, f"{spec.name}:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[spec.stem] = (results / load_study(spec, "smoke").study_name, proc)
     return runs
+
+
+def test_the_plugin_example_runs_its_own_model_dataset_probe_family_and_figure(smoke_runs):
+    """examples/own.yaml (docs/own-experiments.md): every piece is a plugin file."""
+    folder, proc = smoke_runs["own"]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert sorted(trials["arch"].unique()) == ["cnn_small", "resmlp"] and sorted(trials["max_shift"].unique()) == [0, 2]
+    assert (trials["dataset"] == f"npz:{REPO / 'examples' / 'data' / 'digits14.npz'}").all()
+    assert trials["final_margin_mean"].notna().all() and trials["final_margin_neg_frac"].between(0, 1).all()
+    # the plugin model on 1x14x14 inputs: 196*128 + 128 + 2 blocks (LayerNorm 256 + 128*128 + 128) + 128*10 + 10
+    assert set(trials.loc[trials["arch"] == "resmlp", "n_params"]) == {196 * 128 + 128 + 2 * (256 + 128 * 128 + 128) + 1290}
+    record = json.loads((folder / "study.json").read_text())
+    assert [p["plugin"] for p in record["plugins"]] == ["plugins/resmlp.py", "plugins/margin.py", "plugins/shifted.py"]
+    shas = {Path(p["path"]).name: p["sha256"] for p in record["plugins"]}
+    assert (trials["plugin_sha256"] == ", ".join(f"{name}={sha}" for name, sha in shas.items())).all()
+    assert (folder / "report" / "03-margin_bars.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("spec", [s.stem for s in SPECS])

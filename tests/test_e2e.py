@@ -6,13 +6,17 @@ holding another spec's results is refused."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
 
@@ -25,28 +29,39 @@ TRIAL_COLUMNS = ["trial_id", "status", "n_params", "wall_s", "epochs_done", "fin
                  "weight_decay", "lr", "seed", "model"]
 
 
-def sweeps_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def sweeps_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sweeps", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    from sweeps.schema import load_study
+    """Every spec's smoke run, each its own driver (`gensweep run --address`), on one
+    local Ray node started once: starting and stopping a Ray per study was half of
+    each run's 17 s. The runs of a study without --address (Ray in the driver) are
+    the other tests here and in test_faults, test_tuned, test_own_experiments."""
+    from sweeps import cluster as local_cluster
 
     results = tmp_path_factory.mktemp("results")
+    state = Path(tempfile.mkdtemp(prefix="gs-e2e-", dir="/tmp"))  # short: Ray's socket paths live under it
+    node = local_cluster.up(workers=0, cpus=2, state_dir=state, default_ports=False)
 
     def run(spec: Path) -> subprocess.CompletedProcess:
-        return sweeps_cli("run", str(spec), "--profile", "smoke", "--results", str(results))
+        return sweeps_cli("run", str(spec), "--profile", "smoke", "--results", str(results),
+                          "--address", node.gcs_address, env={"RAY_AUTH_MODE": "token"})
 
-    # Two studies at a time: much of a smoke run is Ray starting up and the report,
-    # which leave the second core idle.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = dict(zip(SPECS, pool.map(run, SPECS)))
+    try:
+        # Two studies at a time: much of a smoke run is the driver's imports and the
+        # report, which leave the second core idle.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            procs = dict(zip(SPECS, pool.map(run, SPECS)))
+    finally:
+        local_cluster.down(state)
+        shutil.rmtree(state, ignore_errors=True)
     runs = {}
     for spec, proc in procs.items():
         assert proc.returncode == 0, f"{spec.name}:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
-        runs[spec.stem] = (results / load_study(spec, "smoke").study_name, proc)
+        runs[spec.stem] = (results / f"{yaml.safe_load(spec.read_text())['name']}-smoke", proc)
     return runs
 
 

@@ -1,7 +1,7 @@
 """Your own experiments through the real CLI on a local Ray: a plugin model and the
 built-ins on a CIFAR-shaped .npz dataset (3x32x32, 100 classes), the plugins' hashes
 in every trial's results, and a changed plugin refused on rerun unless accepted
-(or --fresh). The example study (examples/own.yaml) runs in tests/test_e2e.py and,
+(--fresh, a new folder beside it, is tests/test_plugins.py's). The example study (examples/own.yaml) runs in tests/test_e2e.py and,
 submitted to a two-node cluster, in tests/test_cluster.py.
 
     .venv/bin/python -m pytest -q tests/test_own_experiments.py
@@ -36,6 +36,18 @@ class Args(gensweep.ModelArgs):
 def tiny_conv(input_shape, num_classes, width):
     return nn.Sequential(nn.Conv2d(input_shape[0], width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
                          nn.Flatten(), nn.Linear(4 * width, num_classes))
+
+
+@gensweep.register_figure("params_bars")
+def params_bars(history, trials, fig_spec, path):
+    import matplotlib.pyplot as plt
+    from analysis.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(trials["arch"].astype(str), trials["n_params"])
+    ax.set_yscale("log")
+    save_figure(fig, fig_spec, path)
+    return path
 """
 
 
@@ -61,7 +73,7 @@ def cifar_like(tmp_path_factory):
             "grid": {"arch": [{"name": "mlp", "model": "mlp", "hidden": [32]}, {"name": "linear", "model": "linear"},
                               {"name": "cnn_small", "model": "cnn_small", "channels": [8, 16]},
                               {"name": "tiny_conv", "model": "tiny_conv"}]},
-            "seeds": [0]}
+            "seeds": [0], "figures": [{"kind": "final", "x": "arch", "y": ["test_acc"]}, {"kind": "params_bars"}]}
     (folder / "cifar_like.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     proc = cli("run", str(folder / "cifar_like.yaml"), "--results", str(folder / "results"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -85,6 +97,28 @@ def test_a_cifar_shaped_npz_trains_the_built_ins_and_a_plugin_model(cifar_like):
     assert (trials.loc[["linear", "mlp"], "final_train_acc"] > 0.1).all(), trials["final_train_acc"]
     sha = hashlib.sha256((folder / "tiny_conv.py").read_bytes()).hexdigest()
     assert (trials["plugin_sha256"] == f"tiny_conv.py={sha}").all()
+
+
+def test_report_draws_the_plugins_figure_kind_from_the_study_record(cifar_like, tmp_path):
+    """`gensweep report` alone (a new process, no spec) imports the plugins that
+    study.json records; without the file, that kind is refused by name."""
+    folder, _ = cifar_like
+    study = folder / "results" / "cifar_like"
+    png = study / "report" / "02-params_bars.png"
+    assert png.stat().st_size > 5_000
+    png.unlink()
+    proc = cli("report", str(study))
+    assert proc.returncode == 0 and png.exists(), proc.stderr[-2000:]
+    moved = tmp_path / "tiny_conv.py"
+    (folder / "tiny_conv.py").rename(moved)
+    try:
+        proc = cli("report", str(study))
+    finally:
+        moved.rename(folder / "tiny_conv.py")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == ("error: figure kind 'params_bars' is not registered: the plugin that adds it "
+                        "(see study.json's plugins) is missing")
 
 
 def test_a_changed_plugin_is_refused_then_accepted_and_recorded(cifar_like):
@@ -113,15 +147,3 @@ def test_a_changed_plugin_is_refused_then_accepted_and_recorded(cifar_like):
     # now the recorded version: a plain rerun goes through
     again = cli("run", str(folder / "cifar_like.yaml"), "--results", str(folder / "results"))
     assert again.returncode == 0, again.stderr[-2000:]
-
-
-def test_fresh_starts_a_new_study_beside_one_with_another_plugin_version(cifar_like):
-    folder, _ = cifar_like
-    plugin = folder / "tiny_conv.py"
-    plugin.write_text(PLUGIN.replace("width: int = 8", "width: int = 4"))
-    proc = cli("run", str(folder / "cifar_like.yaml"), "--results", str(folder / "results"), "--fresh")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    studies = sorted(p.name for p in (folder / "results").iterdir())
-    assert len(studies) == 2 and studies[0] == "cifar_like" and studies[1].startswith("cifar_like-")
-    fresh = pd.read_parquet(folder / "results" / studies[1] / "trials.parquet").set_index("arch")
-    assert fresh.loc["tiny_conv", "n_params"] == (27 * 4 + 4) + (16 * 100 + 100)  # the new version's width

@@ -176,6 +176,23 @@ def test_a_changed_plugin_is_refused_unless_accepted_and_the_change_is_logged(tm
     assert plugin_changes(study, tmp_path, None, accept=False) == []
 
 
+def test_fresh_puts_a_study_with_a_changed_plugin_beside_the_old_one(tmp_path):
+    from sweeps.planner import check_study_dir, study_dir_for
+    from trainables.contract import write_record
+
+    (tmp_path / "mine.py").write_text(MODEL.format(name="fresh_one"))
+    study = load_study(spec(tmp_path, ["mine.py"], model="fresh_one"))
+    old = tmp_path / "results" / study.study_name
+    write_record(old, {"spec": json.loads(study.spec.model_dump_json()), "profile": None, "study": study.study_name,
+                       "source": study.source, "n_cells": 1, "provenance": {},
+                       "plugins": [{"plugin": "mine.py", "path": "x", "sha256": "0" * 64}]})
+    with pytest.raises(SpecError, match="plugin changed since the cells"):
+        plugin_changes(study, old, check_study_dir(study, old), accept=False)
+    fresh = study_dir_for(study, tmp_path / "results", fresh=True)
+    assert fresh != old and fresh.parent == old.parent and fresh.name.startswith(f"{study.study_name}-")
+    assert check_study_dir(study, fresh) is None and plugin_changes(study, fresh, None, accept=False) == []
+
+
 def test_plugins_from_outside_a_submitted_checkout_travel_as_a_package(tmp_path, monkeypatch):
     """`gensweep submit` bundles them (a py_module); in the job, `resolve` finds each
     by the entry the spec writes."""
@@ -241,55 +258,54 @@ def test_models_take_shape_and_classes_from_the_dataset(tmp_path, model):
     assert net(torch.zeros(4, 3, 32, 32)).shape == (4, 100)
 
 
-DATASET = """import numpy as np
-
-import gensweep
-
-RNG = np.random.default_rng(0)
-
-
-def load(root):
-    # four classes of blobs, 16x16, one channel; the label is where the blob is
-    def images(n):
-        y = np.arange(n) % 4
-        x = RNG.integers(0, 40, (n, 16, 16)).astype(np.uint8)
-        for i, label in enumerate(y):
-            r, c = divmod(int(label), 2)
-            x[i, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] += 200
-        return x, y
-
-    (xa, ya), (xb, yb) = images(200), images(80)
-    return gensweep.ImageData("blobs", xa, ya, xb, yb, mean=(0.3,), std=(0.4,), num_classes=4)
-
-
-gensweep.register_dataset("blobs", load, gensweep.DatasetInfo(input_shape=(1, 16, 16), num_classes=4,
-                                                              train_count=200, test_count=80))
-"""
+def tutorial_blocks() -> list[str]:
+    """The ```python blocks of docs/own-experiments.md."""
+    page = (REPO / "docs" / "own-experiments.md").read_text()
+    return [block.split("```", 1)[0] for block in page.split("```python\n")[1:]]
 
 
 def test_a_plugin_dataset_is_validated_from_its_info_and_loaded_once_in_the_driver(tmp_path):
     from trainables.data import DATASETS
 
-    (tmp_path / "blobs.py").write_text(DATASET)
+    """The tutorial's "A dataset in code" block, run as a plugin file."""
+    [block] = [b for b in tutorial_blocks() if "register_dataset" in b]
+    (tmp_path / "squares.py").write_text(block)
     try:
-        study = load_study(spec(tmp_path, ["blobs.py"], dataset="blobs", model="linear", train_size=100))
-        with pytest.raises(SpecError, match=r"fixed.train_size: 500 exceeds the 200 training images"):
-            load_study(spec(tmp_path, ["blobs.py"], dataset="blobs", train_size=500))
+        study = load_study(spec(tmp_path, ["squares.py"], dataset="squares", model="linear", train_size=1000))
+        with pytest.raises(SpecError, match=r"fixed.train_size: 5000 exceeds the 2000 training images"):
+            load_study(spec(tmp_path, ["squares.py"], dataset="squares", train_size=5000))
         data = classifier.load_data(study.cells)
-        assert data["blobs"].input_shape == (1, 16, 16) and data["blobs"].num_classes == 4
-        splits = classifier.make_splits(data["blobs"], classifier.ClassifierConfig(**{
-            k: v for k, v in study.cells[0].items() if k in classifier.ClassifierConfig.model_fields}), torch.device("cpu"))
+        assert data["squares"].input_shape == (1, 16, 16) and data["squares"].num_classes == 4
+        cfg = classifier.ClassifierConfig(**{k: v for k, v in study.cells[0].items()
+                                             if k in classifier.ClassifierConfig.model_fields})
+        splits = classifier.make_splits(data["squares"], cfg, torch.device("cpu"))
         assert splits["train"].inputs(splits["train"].idx[:3]).shape == (3, 1, 16, 16)
         assert classifier.model_params(study.cells[0]) == 16 * 16 * 4 + 4
     finally:
-        DATASETS.pop("blobs", None)
+        DATASETS.pop("squares", None)
 
 
-def test_the_tutorials_model_is_the_example_file():
-    """docs/own-experiments.md shows examples/plugins/resmlp.py as it is (without its docstring)."""
-    page = (REPO / "docs" / "own-experiments.md").read_text()
-    shown = page.split("## A model in 20 lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    source = (REPO / "examples" / "plugins" / "resmlp.py").read_text()
-    body = source.split('"""', 2)[2].lstrip("\n")
-    assert shown == body
-    assert len(body.strip().splitlines()) <= 25
+def test_the_tutorials_code_is_the_examples_code_or_runs():
+    """docs/own-experiments.md's Python: the model is examples/plugins/resmlp.py as it is
+    (without its docstring); an excerpt's lines are all in one example plugin, in
+    order; the dataset block runs (above); nothing else."""
+    examples = {p.name: p.read_text() for p in (REPO / "examples" / "plugins").glob("*.py")}
+    blocks = tutorial_blocks()
+    body = examples["resmlp.py"].split('"""', 2)[2].lstrip("\n")
+    assert blocks[0] == body and len(body.strip().splitlines()) <= 25  # "a model in about 20 lines"
+    for block in blocks[1:]:
+        if "register_dataset" in block or block.startswith("np.savez("):
+            continue
+        lines = [line.strip() for line in block.splitlines() if line.strip() and "..." not in line]
+        homes = [name for name, text in examples.items() if _in_order(lines, [t.strip() for t in text.splitlines()])]
+        assert homes, f"a tutorial block that is in no example plugin:\n{block}"
+
+
+def _in_order(lines: list[str], text: list[str]) -> bool:
+    position = 0
+    for line in lines:
+        try:
+            position = text.index(line, position) + 1
+        except ValueError:
+            return False
+    return True

@@ -88,7 +88,8 @@ def validate(config: dict) -> dict:
         if probe not in PROBES:
             raise ConfigError(f"probes[{i}]", f"unknown probe {probe!r}{suggest(probe, PROBES)}; known: {', '.join(sorted(PROBES))}")
     given = args.model_dump(include=set(arg_schema.model_fields))  # not computed fields (cnn_target's channels)
-    check_forward(resolved.model, json.dumps(given, sort_keys=True), source.input_shape, source.num_classes)
+    check_forward(MODELS[resolved.model].build, resolved.model, json.dumps(given, sort_keys=True),
+                  source.input_shape, source.num_classes)
     return {**resolved.model_dump(), **args.model_dump()}
 
 
@@ -106,11 +107,12 @@ _PROBE_BATCH = 2
 
 
 @lru_cache(maxsize=256)
-def check_forward(model: str, args_json: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
+def check_forward(builder, model: str, args_json: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
     """Build the model for the dataset and run one forward pass on a tiny batch of
     zeros, so a model that does not fit the dataset's shape (a plugin's, or a
     built-in's arguments) is refused at validation, not in every trial. Cached: a
-    grid's cells share a handful of distinct models."""
+    grid's cells share a handful of distinct models (`builder`, the registered
+    function, is in the key so that an edited plugin's model is checked again)."""
     from trainables import plugins
 
     shape = "x".join(map(str, input_shape))

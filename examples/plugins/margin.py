@@ -14,7 +14,7 @@ from trainables.probes import first_rows
 
 @gensweep.register_probe("margin")
 def margin(model, train, test, cfg):
-    probe = first_rows(test, cfg.probe_size)
+    probe = first_rows(test, cfg.probe_size)  # a fixed, class-balanced set of test images
     model.eval()
     margins = []
     with torch.no_grad():

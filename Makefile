@@ -19,10 +19,10 @@ help:
 	@echo "make sweep-wd [PROFILE=quick|smoke]    weight decay on an overparameterized CNN"
 	@echo "make sweep-lr [PROFILE=quick|smoke]    Optuna search over the learning rate of an MLP"
 	@echo "make sweep-NAME [PROFILE=...]           sweeps/NAME.yaml (see the README's study list)"
-	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec"
+	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec (e.g. examples/own.yaml: your own plugins)"
 	@echo "make sweep-NAME PACK=8                  train up to 8 grid cells per trial, vectorized (docs/specs.md)"
 	@echo "make report STUDY=wd-quick              rebuild a study's tables and figures"
-	@echo "make validate                           check every spec and profile"
+	@echo "make validate                           check every spec and profile (sweeps/ and examples/)"
 	@echo "make cluster-up [WORKERS=1 CPUS=1]      a local multi-node Ray cluster (head + workers on 127.0.0.1)"
 	@echo "make submit SPEC=sweeps/x.yaml [PROFILE=...] [RAY_ADDRESS=http://HEAD:8265] [STORAGE=DIR|URI]"
 	@echo "make job-status | job-logs JOB=... | job-stop JOB=...   the cluster's jobs"
@@ -60,9 +60,9 @@ report: setup
 	$(PY) -m sweeps report $(RESULTS)/$(STUDY)
 
 validate: setup
-	$(PY) -m sweeps validate sweeps/*.yaml
-	$(PY) -m sweeps validate sweeps/*.yaml --profile quick
-	$(PY) -m sweeps validate sweeps/*.yaml --profile smoke
+	$(PY) -m sweeps validate sweeps/*.yaml examples/*.yaml
+	$(PY) -m sweeps validate sweeps/*.yaml examples/*.yaml --profile quick
+	$(PY) -m sweeps validate sweeps/*.yaml examples/*.yaml --profile smoke
 
 # A Ray cluster: submit a study as a Ray job (logs followed; ARGS=--no-wait to return).
 # RAY_ADDRESS is the job server (dashboard) URL; the token comes from RAY_AUTH_TOKEN

@@ -69,7 +69,7 @@ def test_the_plugin_example_runs_its_own_model_dataset_probe_family_and_figure(s
     """examples/own.yaml (docs/own-experiments.md): every piece is a plugin file."""
     folder, proc = smoke_runs["own"]
     trials = pd.read_parquet(folder / "trials.parquet")
-    assert sorted(trials["arch"].unique()) == ["cnn_small", "resmlp"] and sorted(trials["max_shift"].unique()) == [0, 2]
+    assert sorted(trials["arch"].unique()) == ["cnn_small", "resmlp"] and sorted(trials["max_shift"].unique()) == [0, 1]
     assert (trials["dataset"] == f"npz:{REPO / 'examples' / 'data' / 'digits14.npz'}").all()
     assert trials["final_margin_mean"].notna().all() and trials["final_margin_neg_frac"].between(0, 1).all()
     # the plugin model on 1x14x14 inputs: 196*128 + 128 + 2 blocks (LayerNorm 256 + 128*128 + 128) + 128*10 + 10

@@ -31,7 +31,7 @@ def margin(model, train, test, cfg):
 
 @gensweep.register_figure("margin_bars")
 def margin_bars(history, trials, fig_spec, path):
-    """Mean test margin per value of `x` (one bar per value, a line per seed's spread)."""
+    """Mean test margin per value of `x` (a bar each; the error bar is the std over its trials)."""
     import matplotlib.pyplot as plt
     from analysis.figures import save_figure
 

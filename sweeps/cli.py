@@ -98,10 +98,11 @@ def storage_of(args: argparse.Namespace, study) -> str | None:
 def load(path: Path, profile: str | None, pack: int | None = None):
     """A spec file as a validated Study, its figures checked by analysis (which owns
     the figure kinds)."""
-    from analysis.report import check_figures
     from sweeps.schema import load_study
 
     study = load_study(path, profile, pack)
+    from analysis.report import check_figures  # after: a bad spec is refused without importing seaborn (1.5 s)
+
     check_figures([f.model_dump() for f in study.spec.figures], str(path), study.spec.model_dump())
     return study
 

@@ -335,7 +335,8 @@ grid:
 ONE_CPU = {"RAY_OVERRIDE_RESOURCES": '{"CPU": 1}'}
 
 
-def _ended_and_started(folder: Path) -> tuple[set, set]:
+def ended_and_started(folder: Path) -> tuple[set, set]:
+    """(names of trials whose last row is ok, names of those still running) in `folder`."""
     rows = result_rows(folder)
     ended = {name for name, r in rows.items() if r and r[-1]["status"] == "ok"}
     started = {name for name, r in rows.items() if r and r[-1]["status"] == "running"}
@@ -359,7 +360,7 @@ def interrupted(tmp_path_factory):
     try:
         def one_done_one_started():
             first.watch()
-            ended, started = _ended_and_started(folder)
+            ended, started = ended_and_started(folder)
             return (ended, started) if ended and started else None
 
         wait_until(one_done_one_started, 180, "a finished trial and a started one", while_alive=first)
@@ -385,11 +386,11 @@ def interrupted(tmp_path_factory):
     # Run 2: resume, then SIGKILL of the driver alone (as the kernel's OOM killer would).
     second = Cli(*command, log=tmp / "run2.log", env=ONE_CPU)
     try:
-        ended_before = set(_ended_and_started(folder)[0])
+        ended_before = set(ended_and_started(folder)[0])
 
         def another_done():
             second.watch()
-            ended, started = _ended_and_started(folder)
+            ended, started = ended_and_started(folder)
             return ended if len(ended) > len(ended_before) and started else None
 
         wait_until(another_done, 180, "one more finished trial", while_alive=second)

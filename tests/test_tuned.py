@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_faults import ONE_CPU, Cli, result_rows, run_to_end, wait_until
+from test_faults import ONE_CPU, Cli, ended_and_started, result_rows, run_to_end, wait_until
 from trainables.contract import read_cells
 
 pytestmark = pytest.mark.study  # runs studies on Ray: left out of `make test-fast`
@@ -79,10 +79,8 @@ def killed(tmp_path_factory, narrow):
     try:
         def three_done_one_started():
             first.watch()
-            rows = result_rows(folder)
-            ended = [n for n, r in rows.items() if r and r[-1]["status"] == "ok"]
-            started = [n for n, r in rows.items() if r and r[-1]["status"] == "running"]
-            return rows if len(ended) >= 3 and started else None
+            ended, started = ended_and_started(folder)
+            return True if len(ended) >= 3 and started else None
 
         wait_until(three_done_one_started, 240, "three finished trials and a started one", while_alive=first)
         time.sleep(0.3)

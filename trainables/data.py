@@ -40,10 +40,8 @@ A spec's `dataset:` is one of
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
-import inspect
 import math
 import os
 import shutil
@@ -57,6 +55,7 @@ import numpy as np
 import torch
 
 from trainables.errors import UserError
+from trainables.families import suggest
 from trainables.registry import Registry
 
 # The repository's data/ folder; GENSWEEP_DATA overrides it (e.g. in an image or
@@ -153,17 +152,7 @@ def register_dataset(name: str, load: Callable[[Path], ImageData], info: Dataset
         raise TypeError(f"register_dataset({name!r}, load, info): info must be a DatasetInfo, got {info!r}")
     if not callable(load):
         raise TypeError(f"register_dataset({name!r}, load, info): load must be a function of the data root")
-    return DATASETS.add(name, Dataset(name, info, load), origin=_source_file(load))
-
-
-def _source_file(load: Callable) -> str:
-    """The file that defines `load` (a function, a method, or a callable object's class)."""
-    for candidate in (load, type(load)):
-        try:
-            return inspect.getsourcefile(candidate) or "?"
-        except TypeError:
-            continue
-    return "?"
+    return DATASETS.add(name, Dataset(name, info, load))  # the registry names load's file
 
 
 def data_root() -> Path:
@@ -240,11 +229,14 @@ class TorchvisionSource:
                 raise DataError(f"{path}: checksum mismatch (md5 {got}, expected {md5}); the file is damaged: "
                                 f"{self.restore_hint}")
 
-    def _missing_error(self, folder: Path, missing: str, exc: BaseException | None) -> DataError:
+    def _missing_error(self, folder: Path, missing: str, exc: BaseException | None, hint: str = "",
+                       holding: str = "") -> DataError:
+        """Files that are not there and could not be downloaded (`exc`; None: offline)."""
         why = ("GENSWEEP_OFFLINE=1 forbids downloading" if exc is None
                else f"downloading failed ({_first_line(exc)})")
-        return DataError(f"{folder}: cannot read {self.name}: missing {missing}, and {why}; put the file(s) there "
-                         f"or set GENSWEEP_DATA to a folder holding {self.folder}/")
+        return DataError(f"{folder}: cannot read {self.name}: missing {missing}, and {why}; put the file(s) there"
+                         f"{f' ({hint})' if hint else ''} or set GENSWEEP_DATA to a folder holding "
+                         f"{holding or self.folder + '/'}")
 
     def _check_counts(self, folder: Path, data: ImageData) -> None:
         if (len(data.train_y), len(data.test_y)) != (self.train_count, self.test_count) \
@@ -277,16 +269,12 @@ class MnistLike(TorchvisionSource):
             absent = [f for f, _ in tv_class.resources
                       if not (raw_dir / f).exists() and not (raw_dir / Path(f).stem).exists()]
             if absent:
-                why = ("GENSWEEP_OFFLINE=1 forbids downloading" if not download
-                       else f"downloading failed ({_first_line(exc)})")
-                raise DataError(f"{raw_dir}: cannot read {self.name}: missing {', '.join(absent)}, and {why}; "
-                                f"put the file(s) there ({self.restore_hint}) or set GENSWEEP_DATA to a folder "
-                                f"holding {self.folder}/raw/") from exc
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise self._missing_error(raw_dir, ", ".join(absent), exc if download else None,
+                                          self.restore_hint, f"{self.folder}/raw/") from exc
             remedy = (f"delete the unpacked files ({', '.join(sorted(unpacked))}) so they are unpacked again from "
                       f"the .gz" if unpacked else f"put the four .gz files there ({self.restore_hint}) or set "
                       f"GENSWEEP_DATA to a folder holding {self.folder}/raw/")
-            raise DataError(f"{raw_dir}: cannot read {self.name} ({first_line}); {remedy}") from exc
+            raise DataError(f"{raw_dir}: cannot read {self.name} ({_first_line(exc)}); {remedy}") from exc
         data = self._data(train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy())
         if len(data.train_y) != self.train_count or len(data.test_y) != self.test_count:
             raise DataError(
@@ -303,10 +291,7 @@ def _unpack_archives(resources: list[tuple[str, str]], raw_dir: Path) -> None:
     for filename, _ in resources:
         src, unpacked = raw_dir / filename, raw_dir / Path(filename).stem
         if src.exists() and not unpacked.exists():
-            tmp = unpacked.with_name(unpacked.name + ".tmp")
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            os.replace(tmp, unpacked)
+            _gunzip(src, unpacked)
 
 
 def _unpack_system_files(source: TorchvisionSource, raw_dir: Path) -> None:
@@ -320,10 +305,15 @@ def _unpack_system_files(source: TorchvisionSource, raw_dir: Path) -> None:
     for filename, _ in _torchvision_class(source.torchvision_class).resources:
         src, unpacked = Path(source.system_dir) / filename, raw_dir / Path(filename).stem
         if src.exists() and not (raw_dir / filename).exists() and not unpacked.exists():
-            tmp = unpacked.with_name(unpacked.name + ".tmp")
-            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            os.replace(tmp, unpacked)
+            _gunzip(src, unpacked)
+
+
+def _gunzip(src: Path, dst: Path) -> None:
+    """Unpack a .gz beside, then rename: a crash never leaves half a file under `dst`."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    os.replace(tmp, dst)
 
 
 @dataclass(frozen=True)
@@ -411,9 +401,7 @@ for _source in _BUILTINS:
 
 
 def _unknown(name: object) -> str:
-    close = difflib.get_close_matches(str(name), list(DATASETS), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown dataset {name!r}{hint}; known: {', '.join(sorted(DATASETS))}, or a file: {_NPZ_FORM}"
+    return f"unknown dataset {name!r}{suggest(name, DATASETS)}; known: {', '.join(sorted(DATASETS))}, or a file: {_NPZ_FORM}"
 
 
 def dataset_ref(value: object, base_dir: Path) -> str:
@@ -768,7 +756,8 @@ class Split:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def _normalization(self) -> tuple:
+    def normalization(self) -> tuple:
+        """(shift, scale) on x's own scale: floats, or float32 tensors [1, C, 1, 1]."""
         if self._norm is None:
             unit = 255.0 if self.x.dtype == torch.uint8 else 1.0  # uint8 pixels are 0..255
             mean, std = _channels(self.mean), _channels(self.std)
@@ -790,7 +779,7 @@ class Split:
         """Normalized float32 [B, C, H, W] for the given rows (of the whole array):
         (pixel / 255 - mean) / std per channel for uint8, (x - mean) / std for float.
         Normalizing per batch keeps only the uint8 data resident: 4x less memory."""
-        shift, scale = self._normalization()
+        shift, scale = self.normalization()
         xb = self.x[rows]
         if self.x.dtype != torch.uint8 and xb.untyped_storage().data_ptr() == self.x.untyped_storage().data_ptr():
             xb = xb.clone()  # `rows` was a slice: a view of the shared array, never written to

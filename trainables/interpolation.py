@@ -50,7 +50,7 @@ from torch import nn
 
 from trainables import classifier
 from trainables.classifier import ClassifierConfig, make_splits, parse_config
-from trainables.data import Split
+from trainables.data import DatasetInfo, Split
 from trainables.contract import Report, metric_row
 from trainables.engine import EngineConfig, evaluate_split, fit, weight_norm
 from trainables.errors import ConfigError
@@ -216,11 +216,13 @@ def param_distance(theta_a: dict[str, torch.Tensor], theta_b: dict[str, torch.Te
 _B_INIT_SEED_OFFSET = 1_000_003
 
 
-def new_model(cfg: InterpolationConfig, model_args: dict, solution: str, device: torch.device) -> nn.Module:
-    """A freshly initialized model for solution "A" or "B" (deterministic in the seed)."""
+def new_model(cfg: InterpolationConfig, model_args: dict, solution: str, device: torch.device,
+              shape: DatasetInfo | None = None) -> nn.Module:
+    """A freshly initialized model for solution "A" or "B" (deterministic in the seed),
+    built for `shape` (the trial's dataset; default: the registered dataset's info)."""
     offset = _B_INIT_SEED_OFFSET if solution == "B" and not cfg.same_init else 0
     torch.manual_seed(cfg.seed + offset)
-    return classifier.build_for(classifier.dataset_info(cfg.dataset), cfg, model_args).to(device)
+    return classifier.build_for(shape or classifier.dataset_info(cfg.dataset), cfg, model_args).to(device)
 
 
 def _engine_config(cfg: InterpolationConfig, solution: str) -> EngineConfig:
@@ -236,14 +238,15 @@ _ENDPOINT_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def _train_solution(solution: str, cfg: InterpolationConfig, model_args: dict, splits: dict[str, Split],
-                    report: Report, done: dict, engine_state: dict | None) -> tuple[str, dict]:
+                    report: Report, done: dict, engine_state: dict | None,
+                    shape: DatasetInfo | None) -> tuple[str, dict]:
     """Train A or B with the engine; its epochs are reported with `phase` = solution.
     Returns (status, {"weights": final state dict, "time_s": training seconds,
     "final": its last evaluation's losses and accuracies})."""
     train = splits["train"]
     evals = {name: split for name, split in splits.items() if name != "train"}
     engine_cfg = _engine_config(cfg, solution)
-    model = new_model(cfg, model_args, solution, train.x.device)
+    model = new_model(cfg, model_args, solution, train.x.device, shape)
     offset = sum(d["time_s"] for d in done.values())  # earlier phases' seconds
     seconds = {"time_s": engine_state["elapsed_s"] if engine_state else 0.0}
     final: dict = {}
@@ -276,23 +279,25 @@ def evaluate_alpha(model: nn.Module, theta_a: dict, theta_b: dict, alpha: float,
 
 
 def run(cfg: InterpolationConfig, model_args: dict, splits: dict[str, Split], report: Report,
-        resume: dict | None = None) -> Literal["ok", "diverged"]:
+        resume: dict | None = None, shape: DatasetInfo | None = None) -> Literal["ok", "diverged"]:
     """Train A, train B, evaluate every alpha; report each row with a checkpoint
     state from which `run(..., resume=state)` continues where it stood (a restarted
-    trial re-reports only what came after its checkpoint, with the same numbers)."""
+    trial re-reports only what came after its checkpoint, with the same numbers).
+    `shape`: the dataset's (a trial passes its ImageData's, so no file is read on its node)."""
     resume = resume or {"phase": "A"}
     done = dict(resume.get("done", {}))
     for solution in ("A", "B"):
         if solution in done:
             continue
         engine_state = resume.get("engine") if resume["phase"] == solution else None
-        status, done[solution] = _train_solution(solution, cfg, model_args, splits, report, dict(done), engine_state)
+        status, done[solution] = _train_solution(solution, cfg, model_args, splits, report, dict(done), engine_state,
+                                                 shape)
         if status != "ok":
             return status  # a diverged endpoint: its last row says so; nothing to interpolate
 
     theta_a, theta_b = done["A"]["weights"], done["B"]["weights"]
     device = splits["train"].x.device
-    model = new_model(cfg, model_args, "A", device)  # a holder for theta(alpha)
+    model = new_model(cfg, model_args, "A", device, shape)  # a holder for theta(alpha)
     names = [name for name, _ in model.named_parameters()]
     in_line = resume["phase"] == "interpolation"
     curve = list(resume["curve"]) if in_line else []  # (alpha, train_loss, test_loss) so far
@@ -326,9 +331,11 @@ def train(config: dict, data: dict) -> None:
     """One Tune trial: splits on the trial's device, then `run` reporting to Tune."""
     cfg, model_args = _parse(config)
     device, info = trial_device()
+    shape = data[cfg.dataset].info()
     splits = make_splits(data[cfg.dataset], cfg, device)
-    n_params = count_params(classifier.build_for(classifier.dataset_info(cfg.dataset), cfg, model_args))
-    run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state(config))
+    n_params = count_params(classifier.build_for(shape, cfg, model_args))
+    run(cfg, model_args, splits, tune_reporter({**info, "n_params": n_params}), resume=restored_state(config),
+        shape=shape)
 
 
 register_family(Family(name="interpolation", validate=validate, load_data=classifier.load_data, train=train,

@@ -60,7 +60,7 @@ def register_model(name: str, args: type[ModelArgs]) -> Callable:
                         f"got {args!r}")
 
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS.add(name, ModelEntry(build, args), origin=inspect.getsourcefile(build))
+        MODELS.add(name, ModelEntry(build, args))
         return build
 
     return decorator

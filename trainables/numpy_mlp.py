@@ -184,15 +184,15 @@ class ArraySplit:
         self.x = split.x.numpy().reshape(len(split.x), -1)
         self.y, self.idx = split.y.numpy(), split.idx.numpy()
         self.dtype = np.dtype(dtype)
-        unit = 255.0 if split.x.dtype == torch.uint8 else 1.0
-        mean, std = np.atleast_1d(split.mean).astype(np.float64), np.atleast_1d(split.std).astype(np.float64)
-        if len(mean) == 1 and len(std) == 1:  # one value for all pixels (MNIST's arithmetic, unchanged)
-            self.shift, self.scale = self.dtype.type(unit * mean[0]), self.dtype.type(unit * std[0])
-        else:  # one value per input feature: each channel's repeated over its H*W pixels
-            channels = split.x.shape[1] if split.x.dim() == 4 else 1
-            pixels = self.x.shape[1] // channels
-            self.shift = np.repeat(np.broadcast_to(unit * mean, channels), pixels).astype(self.dtype)
-            self.scale = np.repeat(np.broadcast_to(unit * std, channels), pixels).astype(self.dtype)
+        self.shift, self.scale = (self._per_feature(v) for v in split.normalization())
+
+    def _per_feature(self, value) -> np.ndarray | np.floating:
+        """Split's shift or scale for flattened rows: one value for all pixels (MNIST's
+        arithmetic, unchanged), else each channel's repeated over its H*W pixels."""
+        if isinstance(value, float):
+            return self.dtype.type(value)
+        per_channel = value.flatten().cpu().numpy()
+        return np.repeat(per_channel, self.x.shape[1] // len(per_channel)).astype(self.dtype)
 
     def __len__(self) -> int:
         return len(self.idx)

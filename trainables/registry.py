@@ -65,9 +65,11 @@ def _called_from(path: str) -> bool:
 
 
 def origin_of(item: object) -> str:
-    """The source file of a function or class (or of the first function a dataclass
-    holds, e.g. a Family's `train`)."""
-    for candidate in (item, *getattr(item, "__dict__", {}).values()):
+    """The source file of a function, method or class, else of the first one a
+    dataclass holds (a Family's `validate`, a model entry's builder, a dataset's
+    `load`), else of a callable object's class."""
+    held = list(getattr(item, "__dict__", {}).values())
+    for candidate in (item, *held, *(type(c) for c in (item, *held) if callable(c))):
         try:
             return inspect.getsourcefile(candidate) or "?"
         except TypeError:

@@ -157,9 +157,10 @@ def train(config: dict, data: dict) -> None:
     syncs to the trial's folder of the study: snapshots go there."""
     cfg, model_args = parse_config(TrajectoryConfig, config)
     device, info = trial_device()
-    splits = make_splits(data[cfg.dataset], cfg, device)
+    ds = data[cfg.dataset]
+    splits = make_splits(ds, cfg, device)
     torch.manual_seed(cfg.seed)  # initialization
-    model = classifier.build_for(classifier.dataset_info(cfg.dataset), cfg, model_args).to(device)
+    model = classifier.build_for(ds, cfg, model_args).to(device)
     report = tune_reporter({**info, "n_params": count_params(model)})
     run(model, splits, cfg, report, Path.cwd(), resume=restored_state(config))
 

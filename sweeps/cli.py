@@ -23,6 +23,10 @@ from pathlib import Path
 
 from trainables.errors import UserError
 
+# The profile names (sweeps/schema.py's PROFILES); kept here so that --help and a
+# mistyped option answer without importing pydantic.
+PROFILES = ("quick", "smoke", "cpu")
+
 EXIT_BAD_INPUT = 2
 
 
@@ -59,7 +63,7 @@ def build_parser(prog: str = "gensweep") -> argparse.ArgumentParser:
     report.add_argument("study", help="a study folder, e.g. results/wd-quick, or its URI (s3://..., gs://...)")
     validate = sub.add_parser("validate", help="check specs without running anything")
     validate.add_argument("specs", type=Path, nargs="+")
-    validate.add_argument("--profile", choices=["quick", "smoke"])
+    validate.add_argument("--profile", choices=list(PROFILES))
     return parser
 
 
@@ -68,7 +72,7 @@ def _study_command(sub, name: str, help: str, fresh_help: str | None = None) -> 
     also --fresh and --pack (the commands that run it)."""
     parser = sub.add_parser(name, help=help)
     parser.add_argument("spec", type=Path)
-    parser.add_argument("--profile", choices=["quick", "smoke"], help="apply a profile of the spec (default: the full study)")
+    parser.add_argument("--profile", choices=list(PROFILES), help="apply a profile of the spec (default: the full study)")
     _storage_arguments(parser)
     if fresh_help:
         parser.add_argument("--fresh", action="store_true", help=fresh_help)

@@ -27,7 +27,10 @@ from trainables import plugins as user_plugins
 from trainables.errors import ConfigError
 from trainables.families import FAMILIES, get_family, suggest
 
-PROFILES = ("quick", "smoke")
+# Every spec has `quick` and `smoke`; `cpu` (optional) is the full study less what
+# only a GPU finishes in reasonable time (e.g. the CNN rows of models.yaml).
+REQUIRED_PROFILES = ("quick", "smoke")
+PROFILES = (*REQUIRED_PROFILES, "cpu")
 
 
 class _Strict(BaseModel):
@@ -178,7 +181,7 @@ class Spec(_Strict):
     # multi-node cluster) or a URI (s3://bucket/path, gs://...). Unset: results/.
     storage: str | None = None
     figures: list[Figure] = Field(default_factory=list)
-    profiles: dict[Literal["quick", "smoke"], dict[str, Any]] = Field(default_factory=dict)
+    profiles: dict[Literal["quick", "smoke", "cpu"], dict[str, Any]] = Field(default_factory=dict)
 
 
 class Study(BaseModel):

@@ -40,7 +40,7 @@ PARSERS = {"gensweep": "sweeps.cli:build_parser", "sweeps": "sweeps.cli:build_pa
 PLACEHOLDER_SPEC_STEMS = {"my", "x"}
 # Top-level folders whose paths, written alone in inline code, must exist.
 REPO_DIRS = ("sweeps", "trainables", "analysis", "bench", "tests", "docker", "data", "docs", "examples")
-PROFILES = {"quick", "smoke"}
+PROFILES = {"quick", "smoke", "cpu"}
 
 PROGRAM = re.compile(r"^(?:\S*/)?(?:(?P<make>make)|(?P<gensweep>gensweep)"
                      r"|python3?(?:\.\d+)?\s+-m\s+(?P<module>sweeps|analysis|bench))(?=\s|$)")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from bench import datapath, flops, memory, overhead, packing, scaling
+from bench import datapath, flops, memory, overhead, packing, scaling, tiny
 from bench.record import Figure
 
 Benchmark = Callable[[int, bool], list[Figure]]
@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "scaling": scaling.run,  # 4. one vs two trials at a time
     "memory": memory.run,  # 5. trial RSS above an idle worker
     "packing": packing.run,  # 6. packed trials vs one model per trial
+    "tiny": tiny.run,  # 7. packed tiny models (minimal_ratio, function_fit)
 }
 
 EXPERIMENTS: dict[str, Benchmark] = {

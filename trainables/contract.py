@@ -77,6 +77,12 @@ class Evaluation(NamedTuple):
     per_class_acc: list[float]  # accuracy on each class's images (NaN for an absent class; [] for a regression)
 
 
+def member_rows(report: dict) -> dict[str | None, dict]:
+    """The metric rows of an engine report: {None: row} for one model, {cell id:
+    row} for a pack (a family's callback edits them in place to add measurements)."""
+    return report[MEMBERS_KEY] if MEMBERS_KEY in report else {None: report}
+
+
 def is_diverged(loss: float) -> bool:
     """The divergence rule: a non-finite loss (NaN or inf) ends a model's run."""
     return not math.isfinite(loss)

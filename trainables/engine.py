@@ -29,6 +29,7 @@ Options beyond plain classification:
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from typing import Literal, Mapping, Sequence
@@ -114,7 +115,7 @@ def weight_norm(model: nn.Module) -> float:
         return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(model.parameters())))))
 
 
-_CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
 
 @torch.no_grad()
@@ -205,6 +206,10 @@ class ModelSet:
     def update(self) -> None:
         raise NotImplementedError
 
+    def freeze(self, i: int) -> None:
+        """Model i takes no more steps (it met `stop_grad_norm`); the others go on."""
+        raise NotImplementedError
+
     def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
         raise NotImplementedError
 
@@ -237,7 +242,7 @@ class SingleModel(ModelSet):
         self.optimizer = make_optimizer(self.model.parameters(), cfg)
         self.order_rng = torch.Generator().manual_seed(cfg.seed)  # data order, on CPU: same on any device
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.criterion = _CRITERIA[cfg.criterion]
+        self.criterion = CRITERIA[cfg.criterion]
         self.double_backward = cfg.objective == "grad_norm_sq"
         self.penalty = cfg.weight_decay if cfg.l2_mode == "penalty" and cfg.weight_decay > 0 else 0.0
         self.model.train()
@@ -267,6 +272,9 @@ class SingleModel(ModelSet):
         if self.grad_norm_sq is not None:
             self.grad_norm_sq.backward()
         self.optimizer.step()
+
+    def freeze(self, i: int) -> None:
+        pass  # K = 1: fit stops stepping as soon as its only model is frozen
 
     def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
         return [evaluate_split(self.model, split, batch_size, criterion=self.cfgs[0].criterion)]
@@ -327,7 +335,11 @@ def fit(
         status = [saved[n] for n in names] if isinstance(saved, dict) else list(saved)  # a dict: older packs
     step_log = StepLog(cfg.log_every_steps, k)
     last_epoch = cfg.last_epoch(len(train))
-    converged = False
+    # stop_grad_norm, per model: the step at which each met it (None: not yet) and the
+    # gradient norm that did. A model that met it is frozen (a pack steps the others
+    # on) and reports its last row at that step, as it would alone.
+    stopped_at: list[int | None] = [None] * k
+    stop_norm = [float("nan")] * k
 
     for epoch in range(first_epoch, last_epoch + 1):
         started = time.perf_counter()
@@ -335,16 +347,23 @@ def fit(
         loss_sum = torch.zeros(k, device=device)
         grad_norm_sum = torch.zeros(k, device=device)
         alive = torch.tensor([s == "running" for s in status], device=device)
+        pending = alive.clone()  # still stepping: alive and not stopped
+        batches = torch.zeros(k, device=device)  # per model: batches this epoch, incl. the one that met stop_grad_norm
         n_steps = 0
-        n_batches = 0  # n_steps, plus the batch that met stop_grad_norm (no update)
         for start in range(0, len(train), cfg.batch_size):
             losses, grad_norms = models.gradients(train, start, start + cfg.batch_size)
-            grad_norm_sum += grad_norms
-            loss_sum += losses
-            n_batches += 1
-            if cfg.stop_grad_norm is not None and float(grad_norms.max()) < cfg.stop_grad_norm:
-                converged = True  # before the update: the weights kept are the ones that met it
-                break
+            grad_norm_sum += torch.where(pending, grad_norms, 0.0)
+            loss_sum += torch.where(pending, losses, 0.0)
+            batches += pending
+            if cfg.stop_grad_norm is not None:
+                met = (pending & (grad_norms < cfg.stop_grad_norm)).tolist()
+                for i in (i for i in range(k) if met[i]):
+                    # before the update: the weights kept are the ones that met it
+                    stopped_at[i], stop_norm[i] = steps + n_steps, float(grad_norms[i])
+                    pending[i] = False
+                    models.freeze(i)
+                if not pending.any():
+                    break
             models.update()
             n_steps += 1
             step_log.add(steps + n_steps, losses, grad_norms)
@@ -356,37 +375,45 @@ def fit(
                 break
         steps += n_steps
         elapsed += time.perf_counter() - started
-        running = (loss_sum / n_batches).tolist()
-        final = epoch == last_epoch or converged
-        position = {"epoch": epoch, "step": steps}
+        running = (loss_sum / batches.clamp(min=1)).tolist()
+        mean_grad_norm = (grad_norm_sum / batches.clamp(min=1)).tolist()
+        stopping = {i for i in range(k) if status[i] == "running" and stopped_at[i] is not None}
+        final = epoch == last_epoch or not pending.any()
         rows: dict[int, dict] = {}
         for i in range(k):  # models whose loss went non-finite report once, as diverged
             if status[i] == "running" and is_diverged(running[i]):
                 status[i] = "diverged"
-                rows[i] = diverged_row(position, ["train", *evals], running_loss=running[i], time_s=elapsed,
-                                       classify=classify, steps=step_log.take(i, last=True))
-        live = [i for i in range(k) if status[i] == "running"]
-        if live and (final or epoch % cfg.eval_every == 0):
+                stopping.discard(i)
+                rows[i] = diverged_row({"epoch": epoch, "step": steps}, ["train", *evals], running_loss=running[i],
+                                       time_s=elapsed, classify=classify, steps=step_log.take(i, last=True))
+        # Models due to report: all live ones at an evaluation epoch or the end,
+        # else only those that met stop_grad_norm in this epoch.
+        due = [i for i in range(k) if status[i] == "running" and (final or epoch % cfg.eval_every == 0 or i in stopping)]
+        if due:
             eval_started = time.perf_counter()
             results = {name: models.evaluate(split, cfg.eval_batch_size) for name, split in {"train": train, **evals}.items()}
+            ending = [i for i in due if final or i in stopping]
             probed = [{} for _ in range(k)]
-            if final and cfg.probes and "test" in evals:
+            if cfg.probes and "test" in evals:
                 from trainables.probes import run_probes
 
-                for i in live:
+                for i in ending:
                     probed[i] = run_probes(cfg.probes, models.module(i), train, evals["test"], cfgs[i])
             elapsed += time.perf_counter() - eval_started
             norms = models.weight_norms()
-            for i in live:
+            for i in due:
+                ends = i in ending
                 measures = {**probed[i], "running_loss": running[i],  # mean minibatch loss of the epoch (train mode)
-                            "weight_norm": norms[i], "grad_norm": float(grad_norm_sum[i]) / n_batches,  # mean over steps
+                            "weight_norm": norms[i], "grad_norm": mean_grad_norm[i],  # mean over steps
                             "time_s": elapsed}  # wall seconds of training + evaluation so far
                 if cfg.stop_grad_norm is not None:
                     # the gradient norm that met the tolerance (or the last batch's), and whether it did
-                    measures.update(converged=converged, last_grad_norm=float(grad_norms[i]))
+                    met = stopped_at[i] is not None
+                    measures.update(converged=met, last_grad_norm=stop_norm[i] if met else float(grad_norms[i]))
+                position = {"epoch": epoch, "step": stopped_at[i] if stopped_at[i] is not None else steps}
                 row = metric_row(position, {s: r[i] for s, r in results.items()}, classify=classify,
-                                 per_class=cfgs[i].per_class, measures=measures, status="ok" if final else "running")
-                records = step_log.take(i, last=final)
+                                 per_class=cfgs[i].per_class, measures=measures, status="ok" if ends else "running")
+                records = step_log.take(i, last=ends, until=position["step"])
                 if records:
                     row["steps"] = records
                 if is_diverged(row["train_loss"]):
@@ -394,7 +421,7 @@ def fit(
                     step_log.take(i, last=True)  # reports no more
                     row = diverged_row(position, ["train", *evals], running_loss=row["train_loss"], time_s=elapsed,
                                        classify=classify, steps=records)
-                elif final:
+                elif ends:
                     status[i] = "ok"
                 rows[i] = row
         if not rows:
@@ -429,16 +456,18 @@ class StepLog:
             self.step.append(step)
             self.values.append(torch.stack([losses.detach().float(), grad_norms.float()]))
 
-    def take(self, i: int, last: bool = False) -> dict | None:
+    def take(self, i: int, last: bool = False, until: int | None = None) -> dict | None:
         """Model i's {"step": [...], "loss": [...], "grad_norm": [...]} since it last
         reported (the `steps` report key of the contract), or None when empty.
-        `last`: model i reports no more (ended or diverged)."""
+        `last`: model i reports no more (ended or diverged); `until`: its last step
+        (a pack's frozen model: later entries are the others')."""
         first = self.taken[i]
         self.taken[i] = None if last else len(self.step)
         out = None
-        if first is not None and first < len(self.step):
-            loss, grad_norm = torch.stack(self.values[first:])[:, :, i].cpu().double().T.tolist()
-            out = {"step": self.step[first:], "loss": loss, "grad_norm": grad_norm}
+        stop = len(self.step) if until is None else bisect.bisect_right(self.step, until)
+        if first is not None and first < stop:
+            loss, grad_norm = torch.stack(self.values[first:stop])[:, :, i].cpu().double().T.tolist()
+            out = {"step": self.step[first:stop], "loss": loss, "grad_norm": grad_norm}
         reporting = [t for t in self.taken if t is not None]
         if not reporting or min(reporting) == len(self.step):  # every reporting model has these: drop them
             self.step, self.values = [], []

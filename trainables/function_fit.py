@@ -35,10 +35,12 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
-from trainables.engine import EngineConfig, fit
+from trainables.contract import member_rows
+from trainables.engine import EngineConfig, ModelSet, SingleModel, fit
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, validate_model
 from trainables.models import count_params
+from trainables.packed import PackedModels
 from trainables.widths import fit_widths, mlp_param_count, relative_error
 
 X_LOW, X_HIGH = 0.01, 1.0  # the input interval (X_LOW excluded: sinc's 0/0 is at 0)
@@ -215,13 +217,32 @@ def new_model(cfg: FunctionFitConfig, device: torch.device) -> nn.Module:
     return regression_mlp(cfg.hidden, cfg.activation).to(device)
 
 
-def with_curve(report, model: nn.Module, cfg: FunctionFitConfig, device: torch.device):
-    """An engine callback that adds the fitted curve to the trial's last report."""
+def new_models(cfgs: list[FunctionFitConfig], device: torch.device) -> ModelSet:
+    """One model per config, each initialized from its own seed: the model itself
+    (as a SingleModel) for one config, a PackedModels for several."""
+    models = [new_model(cfg, device) for cfg in cfgs]
+    return SingleModel(models[0]) if len(models) == 1 else PackedModels(models)
+
+
+def module_of(models: ModelSet, names: list[str] | None) -> Callable[[str | None], nn.Module]:
+    """A report row's name (None for one model, else a cell id) -> its model."""
+    index = {None: 0} if names is None else {name: i for i, name in enumerate(names)}
+    return lambda name: models.module(index[name])
+
+
+def with_curve(report, module: nn.Module | Callable[[str | None], nn.Module], cfg: FunctionFitConfig,
+               device: torch.device):
+    """An engine callback that adds each model's fitted curve to its last report
+    (`module`: the model, or a row's name -> its model, see `module_of`)."""
+    if isinstance(module, nn.Module):
+        module = (lambda model: lambda name: model)(module)
 
     def on_epoch(metrics: dict, state: dict | None) -> None:
-        if metrics["status"] == "ok":
-            metrics = {**metrics, **predict(model, cfg.curve_points, device)}
-        report(metrics, state)
+        rows = member_rows(metrics)
+        for name, row in rows.items():
+            if row["status"] == "ok":
+                rows[name] = {**row, **predict(module(name), cfg.curve_points, device)}
+        report(metrics if None not in rows else rows[None], state)
 
     return on_epoch
 
@@ -237,18 +258,26 @@ def load_data(configs: list[dict]) -> None:
     return None
 
 
-def train(config: dict, data: None) -> None:
-    """One Tune trial: the points on the trial's device, the MLP, and the engine."""
+def train_packed(configs: list[dict], ids: list[str] | None, data: None = None) -> None:
+    """One Tune trial: the points on the trial's device, the MLP (or, for a spec's
+    `pack:`, one per config, differing only in seed and lr: trainables/packed.py),
+    and the engine."""
     from trainables.trial import restored_state, trial_device, tune_reporter  # Ray: trials only
 
-    cfg = parse(FunctionFitConfig, config)
+    cfgs = [parse(FunctionFitConfig, c) for c in configs]
     device, info = trial_device()
-    splits = make_splits(cfg, device)
-    model = new_model(cfg, device)
-    report = tune_reporter({**info, "n_params": count_params(model)})
-    fit(model, splits["train"], {"test": splits["test"]}, engine_config(cfg), with_curve(report, model, cfg, device),
-        resume=restored_state(config))
+    splits = make_splits(cfgs[0], device)  # data keys are shared by a pack
+    models = new_models(cfgs, device)
+    extra = {"n_params": count_params(models.module(0))} | ({"pack_size": models.k} if ids else {})
+    report = with_curve(tune_reporter({**info, **extra}), module_of(models, ids), cfgs[0], device)
+    fit(models, splits["train"], {"test": splits["test"]}, [engine_config(c) for c in cfgs], report,
+        resume=restored_state(configs[0]), names=ids)
+
+
+def train(config: dict, data: None) -> None:
+    train_packed([config], None)
 
 
 register_family(Family(name="function_fit", validate=validate, load_data=load_data, train=train,
-                       default_metric="test_loss", summary_metrics=("train_loss", "test_loss", "weight_norm")))
+                       train_packed=train_packed, default_metric="test_loss",
+                       summary_metrics=("train_loss", "test_loss", "weight_norm")))

@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from trainables.contract import Evaluation
 from trainables.data import Split
-from trainables.engine import EngineConfig, ModelSet, rng_state, set_rng_state
+from trainables.engine import CRITERIA, EngineConfig, ModelSet, rng_state, set_rng_state
 
 # Hyperparameters that may differ between the models of one pack (per-model tensors
 # or generators); every other config key must be equal (sweeps/packing.py groups by it).
@@ -71,15 +71,21 @@ class PackedModels(ModelSet):
             p.requires_grad_(False)  # gradients come from torch.func, not autograd's .grad
         self._template = copy.deepcopy(models[0])  # rebuilt members start from this
         self._skeleton = copy.deepcopy(models[0]).to("meta")  # structure only: weights come from `params`
-        per_model_grad = grad_and_value(self._loss, has_aux=True)
-        self._grad = vmap(per_model_grad, randomness="different")
-        self._grad_unpenalized = vmap(per_model_grad, in_dims=(0, 0, 0, 0, None), randomness="different")
+        self._criterion = F.cross_entropy
+        self._build_steps(self._loss)
 
     # -- the engine's ModelSet --------------------------------------------------
+
+    def _build_steps(self, objective) -> None:
+        per_model_grad = grad_and_value(objective, has_aux=True)
+        self._grad = vmap(per_model_grad, randomness="different")
+        self._grad_unpenalized = vmap(per_model_grad, in_dims=(0, 0, 0, 0, None), randomness="different")
 
     def prepare(self, cfgs: Sequence[EngineConfig], device: torch.device) -> None:
         check_packable(cfgs)
         self.cfgs, self.device = list(cfgs), device
+        self._criterion = CRITERIA[cfgs[0].criterion]
+        self._build_steps(self._grad_norm_sq if cfgs[0].objective == "grad_norm_sq" else self._loss)
         self.optimizer = PackedOptimizer(self.params, cfgs)
         self.order_rngs = [torch.Generator().manual_seed(c.seed) for c in cfgs]  # each model's data order
         cfg = cfgs[0]
@@ -94,7 +100,9 @@ class PackedModels(ModelSet):
     def gradients(self, train: Split, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.perms[:, start:stop]  # [K, B]: each model's own batch
         inputs = train.inputs(rows.reshape(-1)).unflatten(0, rows.shape)
-        self.grads, losses = self.train_step(inputs, train.labels(rows), self.penalty)  # losses [K]
+        self.grads, (objective, losses) = self.train_step(inputs, train.labels(rows), self.penalty)  # [K] each
+        if self.cfgs[0].objective == "grad_norm_sq":
+            return losses.detach(), objective.detach().sqrt()  # the loss gradient's norm, as SingleModel
         grad_norms = torch.linalg.vector_norm(  # [K]: each model's gradient norm
             torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads.values()]), dim=0)
         return losses.detach(), grad_norms
@@ -102,7 +110,12 @@ class PackedModels(ModelSet):
     def update(self) -> None:
         self.optimizer.step(self.grads)
 
+    def freeze(self, i: int) -> None:
+        self.optimizer.freeze(i)
+
     def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
+        if self.cfgs[0].criterion == "mse":
+            return evaluate_packed_mse(self, split, batch_size)
         return evaluate_packed(self, split, batch_size)
 
     def weight_norms(self) -> list[float]:
@@ -140,18 +153,26 @@ class PackedModels(ModelSet):
     def _loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None):
         """One model's minibatch loss (plus l2 * ||w||^2, the "penalty" L2, if given)
         to differentiate, and the loss alone."""
-        loss = F.cross_entropy(self._call(params, buffers, x), y)
+        loss = self._criterion(self._call(params, buffers, x), y)
         if l2 is None:
             return loss, loss
         return loss + l2 * sum(p.square().sum() for p in params.values()), loss
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-        """Gradients {name: [K, ...]} and losses [K] of every model on its own batch
-        (x [K, B, ...], y [K, B]); `l2` [K]: each model's penalty strength, or None."""
+    def _grad_norm_sq(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None):
+        """objective "grad_norm_sq": ||grad of the loss||^2 to differentiate (double
+        backward, as engine.SingleModel), and the loss. The gradient norm the engine
+        reports is its square root."""
+        grads, loss = grad_and_value(self._loss, has_aux=True)(params, buffers, x, y, l2)
+        return sum(g.square().sum() for g in grads.values()), loss[1]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None) -> tuple[dict, tuple]:
+        """Gradients {name: [K, ...]} of every model's objective on its own batch
+        (x [K, B, ...], y [K, B, ...]) and (objective [K], loss [K]); `l2` [K]: each
+        model's penalty strength, or None."""
         self._skeleton.train(True)
         grad = self._grad if l2 is not None else self._grad_unpenalized
-        grads, (_, losses) = grad(self.params, self.buffers, x, y, l2)
-        return grads, losses
+        grads, (objective, losses) = grad(self.params, self.buffers, x, y, l2)
+        return grads, (objective, losses)
 
     def forward(self, x: torch.Tensor, *, training: bool, shared_input: bool = False) -> torch.Tensor:
         """Outputs [K, B, ...]: x is [K, B, ...] (a batch per model) or, with
@@ -196,6 +217,10 @@ class PackedOptimizer:
         self.decay = _per_model(decay, like) if any(decay) else None
         self.steps = 0
         self.state: dict[str, dict[str, torch.Tensor]] = {}
+
+    def freeze(self, i: int) -> None:
+        """Model i's steps are 0 from now on (lr 0: its weights stay as they are)."""
+        self.lr[i] = 0.0
 
     @torch.no_grad()
     def step(self, grads: Mapping[str, torch.Tensor]) -> None:
@@ -260,6 +285,21 @@ def evaluate_packed(packed: PackedModels, split: Split, batch_size: int, num_cla
     return [Evaluation(float(loss_sum[k]) / n, int(correct[k].sum()) / n, per_class[k]) for k in range(packed.k)]
 
 
+@torch.no_grad()
+def evaluate_packed_mse(packed: PackedModels, split: Split, batch_size: int) -> list[Evaluation]:
+    """engine.evaluate_split(criterion="mse") for every model of the pack: the mean
+    squared error over the split (summed in float64), no accuracies."""
+    sq_sum = torch.zeros(packed.k, device=split.x.device, dtype=torch.float64)
+    count = 0
+    for start in range(0, len(split), batch_size):
+        rows = split.idx[start : start + batch_size]
+        targets = split.labels(rows)
+        outputs = packed.forward(split.inputs(rows), training=False, shared_input=True)  # [K, B, ...]
+        sq_sum += (outputs - targets).square().flatten(1).sum(1).double()
+        count += targets.numel()
+    return [Evaluation(float(sq_sum[i]) / count, float("nan"), []) for i in range(packed.k)]
+
+
 def check_packable(cfgs: Sequence[EngineConfig]) -> None:
     """Raise ValueError unless the configs differ only in PER_MODEL_KEYS and use
     what the packed trainer supports."""
@@ -267,7 +307,3 @@ def check_packable(cfgs: Sequence[EngineConfig]) -> None:
     if any(s != shared[0] for s in shared):
         differing = sorted(k for k in shared[0] if any(s[k] != shared[0][k] for s in shared))
         raise ValueError(f"packed configs may differ only in {', '.join(PER_MODEL_KEYS)}; they differ in {differing}")
-    cfg = cfgs[0]
-    if cfg.criterion != "cross_entropy" or cfg.objective != "loss" or cfg.stop_grad_norm is not None:
-        raise ValueError("packed training is for classifiers minimizing their loss "
-                         "(criterion cross_entropy, objective loss, no stop_grad_norm)")

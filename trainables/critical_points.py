@@ -23,13 +23,17 @@ which L is flat). Such runs end with converged = False and are marked in the fig
 
 Config keys: function_fit's (data, `target`, `hidden` or `shape` + `params`,
 `activation`, the engine keys of phase 1) plus `gn_optimizer`, `gn_lr` (with the
-engine's `momentum`), `gn_max_steps` and `gn_tolerance` for phase 2.
+engine's `momentum`), `gn_max_steps` and `gn_tolerance` for phase 2, and
+`perturb_samples`, `perturb_radius` for the perturbation estimate. A spec's `pack:`
+trains K seeds in one trial (trainables/packed.py): each stops phase 2 at its own step.
 
 History rows: phase 1's, then phase 2's (`phase` column; `step` and `epoch` count on
 from phase 1). The last row carries `converged` (phase 2 met the tolerance),
 `gn_steps` (phase-2 steps taken), `grad_norm_exact` (float64 full-batch gradient norm
 at the final weights), `critical_loss` (float64 training MSE there), `minimal_ratio`,
 `minimal_ratio_raw` (the sign count without the rounding tolerance),
+`minimal_ratio_perturb` (the fraction of `perturb_samples` random perturbations of
+norm `perturb_radius` that raise the loss: seed 003's estimate),
 `minimal_ratio_curved` (positive / (positive + negative): the flat directions left
 out), `n_positive`, `n_negative`, `n_zero`, `eig_min`, `eig_max` and `eigenvalues`
 (all of them, as a list). Figure kind `minimal_ratio` (analysis/studies/critical_points.py) plots the
@@ -325,4 +329,5 @@ def train(config: dict, data: None) -> None:
 
 register_family(Family(name="critical_points", validate=validate, load_data=ff.load_data, train=train,
                        train_packed=train_packed, default_metric="test_loss",
-                       summary_metrics=("train_loss", "grad_norm_exact", "minimal_ratio", "converged", "gn_steps")))
+                       summary_metrics=("train_loss", "grad_norm_exact", "minimal_ratio", "minimal_ratio_perturb",
+                                        "converged", "gn_steps")))

@@ -5,7 +5,7 @@ trainables/critical_points.py):
   eigenvalues) against its training loss at the point where phase 2 stopped, one
   point per run (log x). Runs whose gradient norm got below the tolerance are
   filled circles; runs that did not are crosses. `y` picks the panels (default
-  [minimal_ratio]; also minimal_ratio_curved, minimal_ratio_raw).
+  [minimal_ratio]; also minimal_ratio_curved, minimal_ratio_raw, minimal_ratio_perturb).
 
     .venv/bin/python -m analysis report results/minimal_ratio-quick
 """
@@ -23,6 +23,7 @@ Y_LABELS = {
     "minimal_ratio": "minimal ratio\n(fraction of eigenvalues > 0)",
     "minimal_ratio_curved": "minimal ratio of the curved directions\n(positive / (positive + negative))",
     "minimal_ratio_raw": "fraction of eigenvalues with sign > 0\n(no rounding tolerance)",
+    "minimal_ratio_perturb": "fraction of random perturbations\nthat raise the loss",
 }
 
 

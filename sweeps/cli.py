@@ -61,6 +61,13 @@ def build_parser(prog: str = "gensweep") -> argparse.ArgumentParser:
     cluster.add_argument("--state-dir", type=Path, default=None, help="where the cluster's PIDs and logs are kept")
     report = sub.add_parser("report", help="write history.parquet, trials.parquet and report/ for a study folder")
     report.add_argument("study", help="a study folder, e.g. results/wd-quick, or its URI (s3://..., gs://...)")
+    estimate = sub.add_parser("estimate", help="predict a study's trials, FLOPs, memory and wall time (CPU and GPU)")
+    estimate.add_argument("spec", type=Path)
+    estimate.add_argument("--profile", choices=list(PROFILES), help="apply a profile of the spec (default: the full study)")
+    _pack_argument(estimate)
+    estimate.add_argument("--cpus", type=int, default=None, help="CPUs to plan for (default: this machine's)")
+    estimate.add_argument("--gpu", default="h100", choices=["h100", "h200", "a100", "l4", "a10"],
+                          help="the GPU to plan for (default h100)")
     validate = sub.add_parser("validate", help="check specs without running anything")
     validate.add_argument("specs", type=Path, nargs="+")
     validate.add_argument("--profile", choices=list(PROFILES))
@@ -146,6 +153,8 @@ def main(argv: list[str] | None = None, prog: str = "gensweep") -> int:
                 return jobs.show_logs(args.address, args.job, args.follow)
             return jobs.stop(args.address, args.job)
         study = load(args.spec, args.profile, getattr(args, "pack", None))
+        if args.command == "estimate":
+            return _estimate(study, args)
         if args.command == "status":
             from sweeps.status import print_status
 
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None, prog: str = "gensweep") -> int:
         from analysis.report import write_report
         from sweeps.runner import run_study
 
+        _announce(study)
         outcome = run_study(study, storage_of(args, study) or "results", address=args.address, fresh=args.fresh,
                             progress_every=args.progress_every, report=write_report,
                             accept_plugin_change=args.accept_plugin_change)
@@ -169,6 +179,35 @@ def main(argv: list[str] | None = None, prog: str = "gensweep") -> int:
     except KeyboardInterrupt:  # before or after Tune's own handling (data loading, Ray start-up, report)
         print("\ninterrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _estimate(study, args: argparse.Namespace) -> int:
+    from sweeps.estimate import estimate, warning
+
+    est = estimate(study, cpus=args.cpus, gpu=args.gpu)
+    if est is None:
+        print(f"{study.study_name}: no cost model for family {study.spec.family!r}")
+        return 0
+    print("\n".join(est.lines()))
+    if (line := warning(est)) is not None:
+        print(line)
+    return 0
+
+
+def _announce(study) -> None:
+    """The estimate's one line (and a warning past an hour) before a run starts. An
+    estimate that fails says so and the run goes on: it is advice, not a check."""
+    from sweeps.estimate import estimate, warning
+
+    try:
+        est = estimate(study)
+    except Exception as exc:  # noqa: BLE001 - e.g. a plugin model the calibration cannot build on random data
+        print(f"estimate: not available ({type(exc).__name__}: {exc})", flush=True)
+        return
+    if est is not None:
+        print(est.line(), flush=True)
+        if (line := warning(est)) is not None:
+            print(line, flush=True)
 
 
 def _cluster(args: argparse.Namespace) -> int:

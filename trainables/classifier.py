@@ -10,6 +10,7 @@ the chosen model's own arguments (e.g. `width` for `cnn_overparam`).
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 
 import torch
@@ -200,6 +201,25 @@ def build_for(ds: datasets.ImageData | datasets.DatasetInfo, cfg, model_args: di
     return build_model(cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, **model_args)
 
 
+def workload(configs: list[dict]):
+    """A trial's cost model (trainables/cost.py): one engine phase of the config's
+    model(s) on the dataset's shapes, evaluated on train, validation and test."""
+    from trainables import cost
+
+    parsed = [parse_config(ClassifierConfig, c) for c in configs]
+    cfg, model_args = parsed[0]
+    info = dataset_info(cfg.dataset)
+    n_train = cfg.train_size or info.train_count - cfg.val_size
+    n_eval = n_train + cfg.val_size + min(cfg.test_size or info.test_count, info.test_count)
+    phase = cost.engine_phase(f"{cfg.model}{json.dumps(model_args, sort_keys=True)}",
+                              lambda: [build_for(info, c, a) for c, a in parsed], cfg, info.input_shape,
+                              info.num_classes, cost.engine_steps(cfg, n_train), cost.evaluations(cfg, n_train) * n_eval)
+    image_bytes = math.prod(info.input_shape)  # uint8 pixels
+    # a trial holds the whole dataset (shared zero-copy from the object store) plus labels
+    return cost.Workload([phase], data_bytes=(info.train_count + info.test_count) * (image_bytes + 8),
+                         models=len(parsed))
+
+
 def model_params(config: dict) -> int:
     """Parameter count of the model a (validated) trial config builds."""
     cfg, model_args = parse_config(ClassifierConfig, config)
@@ -207,4 +227,4 @@ def model_params(config: dict) -> int:
 
 
 register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train,
-                       count_params=model_params, train_packed=train_packed))
+                       count_params=model_params, train_packed=train_packed, workload=workload))

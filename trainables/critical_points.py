@@ -327,7 +327,28 @@ def train(config: dict, data: None) -> None:
     train_packed([config], None)
 
 
+def workload(configs: list[dict]):
+    """Cost model (trainables/cost.py): phase 1, phase 2 for all of gn_max_steps (an
+    upper bound: a run below the tolerance stops early), and the analysis."""
+    from trainables import cost
+
+    cfgs = [ff.parse(CriticalPointsConfig, c) for c in configs]
+    train_cfg, gn_cfg = _phase_configs(cfgs[0])
+    cfg = cfgs[0]
+    splits = ff.make_splits(cfg, torch.device("cpu"))
+
+    def make_analysis():
+        models = [ff.new_model(c, torch.device("cpu")) for c in cfgs]
+        return lambda: analyse_many(models, splits["train"], [c.seed for c in cfgs], cfg.perturb_samples,
+                                    cfg.perturb_radius)
+
+    analysis = cost.Phase(key=f"critical_points-analysis{cfg.hidden}|n={cfg.train_size}|k={len(cfgs)}"
+                              f"|samples={cfg.perturb_samples}", steps=1, eval_samples=0, eval_batch=1,
+                          make_step=make_analysis, make_eval=None)
+    return cost.Workload([ff.fit_phase(cfgs, train_cfg), ff.fit_phase(cfgs, gn_cfg), analysis], models=len(cfgs))
+
+
 register_family(Family(name="critical_points", validate=validate, load_data=ff.load_data, train=train,
-                       train_packed=train_packed, default_metric="test_loss",
+                       train_packed=train_packed, workload=workload, default_metric="test_loss",
                        summary_metrics=("train_loss", "grad_norm_exact", "minimal_ratio", "minimal_ratio_perturb",
                                         "converged", "gn_steps")))

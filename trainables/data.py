@@ -739,6 +739,27 @@ def noisy_labels(labels: np.ndarray, idx: np.ndarray, fraction: float, data_seed
 
 
 @dataclass
+class TensorSplit:
+    """A split of float tensors: inputs [N, ...] and targets (float regression
+    targets [N, 1], e.g. trainables.function_fit's, or class labels [N]) on the trial's
+    device, with the row indices the engine batches over (the engine's `Split`
+    interface: x, idx, inputs(rows), labels(rows))."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.x[rows]
+
+    def labels(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.y[rows]
+
+
+@dataclass
 class Split:
     """A subset of images as indices into a device-resident image array."""
 

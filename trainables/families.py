@@ -7,7 +7,8 @@ A family supplies three functions:
   hyperparameter;
 - `load_data(configs) -> data`: read what all trials need, once, in the driver;
 - `train(config, data)`: run one trial inside Ray Tune (reports through `tune.report`).
-Optionally `count_params` (GPU shares) and `train_packed` (specs' `pack:`).
+Optionally `count_params` (GPU shares), `train_packed` (specs' `pack:`) and
+`workload` (cost estimates: trainables/cost.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Family:
     # trainables.packed.PER_MODEL_KEYS) trained together as one trial, reporting each
     # under its id; None: the family does not support `pack:` in specs.
     train_packed: Callable[[list[dict], list[str], Any], None] | None = None
+    # `workload(configs)`: what a trial of these configs (one, or a pack) trains, as a
+    # trainables.cost.Workload, for `gensweep estimate`; None: no cost model.
+    workload: Callable[[list[dict]], Any] | None = None
 
 
 FAMILIES: Registry[Family] = Registry("family")

@@ -28,7 +28,6 @@ fitted curve: `curve_x` and `curve_y` (lists of `curve_points` values; figure ki
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
 import torch
@@ -36,6 +35,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 
 from trainables.contract import member_rows
+from trainables.data import TensorSplit
 from trainables.engine import EngineConfig, ModelSet, SingleModel, fit
 from trainables.errors import ConfigError
 from trainables.families import Family, register_family, validate_model
@@ -142,26 +142,6 @@ def validate(config: dict) -> dict:
 
 # ---------------------------------------------------------------------------
 # Data and model
-
-
-@dataclass
-class TensorSplit:
-    """A regression split: float inputs [N, 1] and targets [N, 1] on the trial's
-    device, with the row indices the engine batches over (the engine's `Split`
-    interface: x, idx, inputs(rows), labels(rows))."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    idx: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.idx)
-
-    def inputs(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.x[rows]
-
-    def labels(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.y[rows]
 
 
 def grid(n: int) -> torch.Tensor:
@@ -278,6 +258,25 @@ def train(config: dict, data: None) -> None:
     train_packed([config], None)
 
 
+def fit_phase(cfgs: list[FunctionFitConfig], engine: EngineConfig, name: str = "regression_mlp"):
+    """The cost model (trainables/cost.py) of one `engine.fit` of these configs' MLPs
+    on their points, evaluated on the training points and the test grid."""
+    from trainables import cost
+
+    cfg = cfgs[0]
+    return cost.engine_phase(f"{name}{cfg.hidden}{cfg.activation}|n={cfg.train_size}",
+                             lambda: [regression_mlp(c.hidden, c.activation) for c in cfgs], engine, (1,), None,
+                             cost.engine_steps(engine, cfg.train_size),
+                             cost.evaluations(engine, cfg.train_size) * (cfg.train_size + cfg.test_size))
+
+
+def workload(configs: list[dict]):
+    from trainables import cost
+
+    cfgs = [parse(FunctionFitConfig, c) for c in configs]
+    return cost.Workload([fit_phase(cfgs, engine_config(cfgs[0]))], models=len(cfgs))
+
+
 register_family(Family(name="function_fit", validate=validate, load_data=load_data, train=train,
-                       train_packed=train_packed, default_metric="test_loss",
+                       train_packed=train_packed, workload=workload, default_metric="test_loss",
                        summary_metrics=("train_loss", "test_loss", "weight_norm")))

@@ -300,4 +300,43 @@ def train(config: dict, data: dict[str, datasets.ImageData]) -> None:
     run(cfg, net, arrays, tune_reporter({**info, "n_params": net.n_params}), resume=restored_state(config))
 
 
-register_family(Family(name="numpy_mlp", validate=validate, load_data=classifier.load_data, train=train))
+def workload(configs: list[dict]):
+    """Cost model (trainables/cost.py): the NumPy network's own step and evaluation
+    batch, timed on random data; FLOPs counted from the layer sizes (2 per
+    multiply-add; a training step is about 3 forward passes)."""
+    from trainables import cost
+
+    (config,) = configs
+    cfg = NumpyMLPConfig(**{k: v for k, v in config.items() if k in NumpyMLPConfig.model_fields})
+    info = classifier.dataset_info(cfg.dataset)
+    sizes = [math.prod(info.input_shape), *cfg.hidden, info.num_classes]
+    forward = 2 * sum(a * b for a, b in zip(sizes, sizes[1:]))  # FLOPs per sample
+    rng = np.random.default_rng(0)
+
+    def make_step():
+        net = NumpyMLP(sizes, cfg.activation, cfg.seed)
+        x = rng.standard_normal((cfg.batch_size, sizes[0]), dtype=np.float32)
+        y = rng.integers(0, info.num_classes, cfg.batch_size)
+        return lambda: net.sgd_step(net.loss_and_grads(x, y)[1], cfg.lr, cfg.weight_decay)
+
+    def make_eval():
+        net = NumpyMLP(sizes, cfg.activation, cfg.seed)
+        x = rng.standard_normal((cfg.eval_batch_size, sizes[0]), dtype=np.float32)
+        return lambda: net.logits(x)
+
+    n_train = cfg.train_size or info.train_count - cfg.val_size
+    n_eval = n_train + cfg.val_size + min(cfg.test_size or info.test_count, info.test_count)
+    epochs = cfg.epochs
+    evals = epochs // cfg.eval_every + (0 if epochs % cfg.eval_every == 0 else 1)
+    n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    phase = cost.Phase(key=f"numpy_mlp{sizes}{cfg.activation}|batch={cfg.batch_size}|eval={cfg.eval_batch_size}",
+                       steps=-(-n_train // cfg.batch_size) * epochs, eval_samples=evals * n_eval,
+                       eval_batch=cfg.eval_batch_size, make_step=make_step, make_eval=make_eval, weights=n_params,
+                       optimizer_states=0, activations=cfg.batch_size * sum(sizes[1:]),
+                       flops=(3.0 * forward * cfg.batch_size, float(forward * cfg.eval_batch_size)))
+    # float32 copies of the images (ArraySplit) on top of the uint8 dataset
+    return cost.Workload([phase], data_bytes=(info.train_count + info.test_count) * sizes[0] * 5)
+
+
+register_family(Family(name="numpy_mlp", validate=validate, load_data=classifier.load_data, train=train,
+                       workload=workload))

@@ -16,7 +16,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="write history.parquet, trials.parquet and report/ for a study folder")
     report.add_argument("study", help="a study folder, e.g. results/wd-quick, or its URI (s3://..., gs://...)")
+    summary = sub.add_parser("summary", help="final metrics per grid cell as mean ± 95%% CI over seeds (Markdown)")
+    summary.add_argument("study", help="a study folder whose report was written (trials.parquet)")
+    summary.add_argument("--metrics", default=None, help="comma-separated final metrics (default: the family's)")
     return parser
+
+
+def summary(study: str, metrics: str | None = None) -> int:
+    """Print a study's final metrics per cell as mean ± 95% CI over seeds, as a
+    Markdown table (what docs/results.md quotes); 2 for a folder without results."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from analysis.report import summary_table
+    from trainables.contract import TRIALS_FILE, require_record
+    from trainables.errors import UserError
+
+    folder = Path(study)
+    try:
+        record = require_record(folder)
+        if not (folder / TRIALS_FILE).is_file():
+            raise UserError(f"{folder / TRIALS_FILE}: not written yet; run gensweep report {study} first")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = summary_table(pd.read_parquet(folder / TRIALS_FILE), record, spread="ci95",
+                          metrics=metrics.split(",") if metrics else None)
+    print(markdown(table))
+    return 0
+
+
+def markdown(table) -> str:
+    """A DataFrame as a Markdown table (lists as a-b-c, like the report's labels)."""
+    def text(v) -> str:
+        return "-".join(map(str, v)) if isinstance(v, (list, tuple)) or hasattr(v, "tolist") else str(v)
+
+    rows = [[text(v) for v in row] for row in table.itertuples(index=False)]
+    head = [str(c) for c in table.columns]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] +
+                      ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def report(study: str) -> int:
@@ -38,6 +77,8 @@ def report(study: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "summary":
+        return summary(args.study, args.metrics)
     return report(args.study)
 
 

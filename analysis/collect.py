@@ -1,4 +1,4 @@
-"""A study folder -> tidy DataFrames (the output contract: docs/results.md).
+"""A study folder -> tidy DataFrames (the output contract: docs/output.md).
 
 Reads the trial folders through `trainables.contract` (Tune's `params.json`,
 `result.json`, `error.txt`), so a report needs neither Ray running nor the study to

@@ -70,7 +70,7 @@ def test_calibrations_are_cached_per_machine(monkeypatch):
     first = est.estimate(study, cpus=2, budget_s=0.02)
     assert cost.cache_path().exists()
     timed = []
-    monkeypatch.setattr(cost, "_time", lambda fn, budget: timed.append(fn) or 1.0)
+    monkeypatch.setattr(cost, "_time", lambda fn, budget, threads=1: timed.append(fn) or 1.0)
     again = est.estimate(study, cpus=2, budget_s=0.02)
     assert timed == [] and again.cpu_s == first.cpu_s  # nothing timed again
     monkeypatch.setattr(cost, "machine_id", lambda threads: "another machine")

@@ -8,7 +8,8 @@ model on random data of the trial's shapes. `measure` then
   FlopCounterMode (matmuls and convolutions: what dominates; a family whose step is
   not torch gives its counts itself);
 - times the step and the evaluation batch for a fraction of a second (after a
-  warm-up), with as many torch threads as the trial gets CPUs;
+  warm-up), with as many torch threads as the trial gets CPUs (CPU seconds for one
+  thread: a busy machine does not inflate them);
 - caches both per machine (host, CPU, torch version, thread count) and step
   signature, so a second estimate of the same models takes no time.
 
@@ -42,7 +43,7 @@ CALIBRATION_S = 0.25
 WARMUP_STEPS = 2
 BYTES_PER_FLOAT = 4  # float32
 OPTIMIZER_STATES = {"adam": 2, "sgd": 1}  # tensors the size of the weights (moments, momentum)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: CPU seconds for one thread
 
 
 @dataclass(frozen=True)
@@ -220,17 +221,19 @@ def _write_cache(data: dict) -> None:
         pass  # an unwritable cache only costs a calibration next time
 
 
-def _time(fn: Callable[[], None], budget_s: float) -> float:
-    """Seconds per call of fn: WARMUP_STEPS untimed, then calls for about budget_s."""
+def _time(fn: Callable[[], None], budget_s: float, threads: int = 1) -> float:
+    """Seconds per call of fn: WARMUP_STEPS untimed, then calls for about budget_s.
+    With one thread (what a trial with `cpu: 1` gets) this is the process's CPU time,
+    so other work on the machine does not inflate it; with more, the wall time."""
+    clock = time.process_time if threads == 1 else time.perf_counter
     for _ in range(WARMUP_STEPS):
         fn()
-    calls, started = 0, time.perf_counter()
+    calls, started, wall = 0, clock(), time.perf_counter()
     while True:
         fn()
         calls += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= budget_s and calls >= 3:
-            return elapsed / calls
+        if time.perf_counter() - wall >= budget_s and calls >= 3:
+            return (clock() - started) / calls
 
 
 def _flops(fn: Callable[[], None]) -> float:
@@ -250,13 +253,22 @@ def calibrate(phase: Phase, threads: int = 1, budget_s: float = CALIBRATION_S, c
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        from threadpoolctl import threadpool_limits  # NumPy's BLAS too (numpy_mlp), as in a trial
+
+        blas = threadpool_limits(threads)
+    except ImportError:  # a box without it (the GPU check's): BLAS keeps its own count
+        blas = None
+    try:
         step = phase.make_step()
         evaluate = phase.make_eval() if phase.make_eval is not None else None
         step_flops, eval_flops = phase.flops or (_flops(step), _flops(evaluate) if evaluate else 0.0)
-        cost = PhaseCost(step_s=_time(step, budget_s), eval_s=_time(evaluate, budget_s / 2) if evaluate else 0.0,
+        cost = PhaseCost(step_s=_time(step, budget_s, threads),
+                         eval_s=_time(evaluate, budget_s / 2, threads) if evaluate else 0.0,
                          step_flops=step_flops, eval_flops=eval_flops)
     finally:
         torch.set_num_threads(before)
+        if blas is not None:
+            blas.restore_original_limits()
     if cache is not None:
         cache.setdefault("entries", {})[entry_key] = dict(vars(cost))
     return cost

@@ -27,24 +27,37 @@ the default run (`--only NAME` runs them).
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Callable
 
-from bench import datapath, flops, memory, overhead, packing, scaling, tiny
 from bench.record import Figure
 
 Benchmark = Callable[[int, bool], list[Figure]]
 
+
+def _lazy(module: str, function: str = "run") -> Benchmark:
+    """bench.<module>.<function>, imported when it runs: the Ray benchmarks' modules
+    import Ray, and importing `bench` (e.g. for bench.gpu_wd on a GPU machine without
+    Ray) must not."""
+
+    def run(reps: int, quick: bool) -> list[Figure]:
+        return getattr(import_module(f"bench.{module}"), function)(reps, quick)
+
+    run.__qualname__ = run.__name__ = f"{module}.{function}"
+    return run
+
+
 BENCHMARKS: dict[str, Benchmark] = {
-    "datapath": datapath.run,  # 1. engine vs notebook epoch
-    "flops": flops.run,  # 2. training FLOP/s vs matmul peak
-    "overhead": overhead.run,  # 3. study wall vs ideal, 2 CPUs
-    "scaling": scaling.run,  # 4. one vs two trials at a time
-    "memory": memory.run,  # 5. trial RSS above an idle worker
-    "packing": packing.run,  # 6. packed trials vs one model per trial
-    "tiny": tiny.run,  # 7. packed tiny models (minimal_ratio, function_fit)
+    "datapath": _lazy("datapath"),  # 1. engine vs notebook epoch
+    "flops": _lazy("flops"),  # 2. training FLOP/s vs matmul peak
+    "overhead": _lazy("overhead"),  # 3. study wall vs ideal, 2 CPUs
+    "scaling": _lazy("scaling"),  # 4. one vs two trials at a time
+    "memory": _lazy("memory"),  # 5. trial RSS above an idle worker
+    "packing": _lazy("packing"),  # 6. packed trials vs one model per trial
+    "tiny": _lazy("tiny"),  # 7. packed tiny models (minimal_ratio, function_fit)
 }
 
 EXPERIMENTS: dict[str, Benchmark] = {
-    "overhead_new_process": overhead.run_without_reuse,  # benchmark 3, a new worker process per trial
-    "scaling_new_process": scaling.run_without_reuse,  # benchmark 4, a new worker process per trial
+    "overhead_new_process": _lazy("overhead", "run_without_reuse"),  # benchmark 3, a new worker process per trial
+    "scaling_new_process": _lazy("scaling", "run_without_reuse"),  # benchmark 4, a new worker process per trial
 }

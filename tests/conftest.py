@@ -1,5 +1,7 @@
 """Shared fixtures: one torch thread (deterministic, and fair to the other test
-process on 2 cores), MNIST read once per session, and tiny CPU splits."""
+process on 2 cores), MNIST read once per session, and tiny CPU splits. Tests marked
+`cuda` skip where torch sees no CUDA device. Nothing here imports Ray: the GPU check
+(bench/gpu_check.sh) runs tests on machines without it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,15 @@ import pytest
 import torch
 
 from trainables import data as D
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no GPU: torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,24 +18,36 @@ models of one architecture with stacked weights and a vmapped step, for a spec's
 
 Options beyond plain classification:
 - `criterion="mse"`: regression. The split's `labels(rows)` are float targets shaped
-  like the model's output (e.g. `trainables.function_fit.TensorSplit`); reports carry
+  like the model's output (e.g. `trainables.data.TensorSplit`); reports carry
   losses only (no accuracies).
 - `log_every_steps=n`: per-step training loss and gradient norm every n optimizer
   steps, reported under the key `steps` (see `fit`; analysis writes steps.parquet).
 - `objective="grad_norm_sq"` and `stop_grad_norm=tol`: minimize the squared norm of
   the loss gradient and stop as soon as the gradient norm falls below tol (finding a
   critical point: trainables/critical_points.py).
+
+Options for GPUs (they run on CPU too; the defaults change nothing):
+- `precision="bf16"`: forward passes (training and evaluation) under
+  `torch.autocast(dtype=torch.bfloat16)`; weights, gradients, optimizer state and
+  losses stay float32.
+- `channels_last=True`: convolution weights and 4-D input batches in
+  `torch.channels_last` layout (NHWC, which tensor cores prefer); nothing for MLPs.
+- `cuda_eval_batch_size=n`: the evaluation batch when the data are on a CUDA device
+  (evaluation holds no activations for backward, so a GPU takes thousands at once);
+  `eval_batch_size` elsewhere.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import time
 from typing import Literal, Mapping, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      model_serializer)
 from torch import nn
 from torch.nn import functional as F
 
@@ -86,12 +98,60 @@ class EngineConfig(BaseModel):
     # below this, before updating the weights; None: never. With batch_size >= the
     # training set this is the exact full-batch gradient. Costs a device sync per step.
     stop_grad_norm: PositiveFloat | None = None
+    # How the device computes, not what is trained (see the module docstring).
+    # bf16 keeps 8 significant bits of each activation: metrics are close to fp32's,
+    # not bitwise (tests/test_engine_gpu_options.py says how close).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    # Images per evaluation batch on a CUDA device; None: eval_batch_size there too.
+    # Without backward a batch holds a layer's output or two at a time: for
+    # cnn_overparam's first conv (64x28x28 float32, 200 KB per image) 0.8 GB at 4096.
+    cuda_eval_batch_size: PositiveInt | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_default_device_options(self, handler):
+        # A cell's id hashes its resolved config (this dump). These keys came after
+        # studies had results: left out at their defaults, those cells keep their ids.
+        dumped = handler(self)
+        for key, default in _DEVICE_OPTION_DEFAULTS.items():
+            if key in dumped and dumped[key] == default:
+                del dumped[key]
+        return dumped
+
+    def eval_batch_for(self, device: torch.device, batch_size: int) -> int:
+        """The evaluation batch on `device`: cuda_eval_batch_size on a CUDA device when
+        set, else `batch_size` (what `fit` passes: eval_batch_size)."""
+        if device.type == "cuda" and self.cuda_eval_batch_size is not None:
+            return self.cuda_eval_batch_size
+        return batch_size
 
     def last_epoch(self, train_size: int) -> int:
         if self.max_steps is None:
             return self.epochs
         steps_per_epoch = math.ceil(train_size / self.batch_size)
         return math.ceil(self.max_steps / steps_per_epoch)
+
+
+_DEVICE_OPTION_DEFAULTS = {"precision": "fp32", "channels_last": False, "cuda_eval_batch_size": None}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context for forward passes: bfloat16 autocast for precision "bf16" (matmuls
+    and convolutions in bfloat16; the weights stay float32), else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()  # not autocast(enabled=False): no per-step cost at the default
+
+
+def uses_channels_last(model: nn.Module, channels_last: bool) -> bool:
+    """Whether channels_last applies: asked for, and the model has 4-D (convolution) weights."""
+    return channels_last and any(p.dim() == 4 for p in model.parameters())
+
+
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A 4-D batch in channels_last layout when asked (for 1-channel images the same
+    memory: no copy), anything else as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 # How often (steps) to check the running loss for NaN/inf. Checking forces a device
@@ -120,20 +180,28 @@ CRITERIA = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes: int | None = None,
-                   criterion: str = "cross_entropy") -> Evaluation:
+                   criterion: str = "cross_entropy", precision: str = "fp32",
+                   channels_last: bool = False) -> Evaluation:
     """Loss, accuracy and per-class accuracy over the whole split, in eval mode
     (the mean squared error alone for criterion "mse"). `num_classes`: the model's
-    outputs (the logits' width) unless given."""
+    outputs (the logits' width) unless given. `precision` and `channels_last` as in
+    EngineConfig (the model already in that layout); losses are float32 either way."""
     was_training = model.training
     model.eval()
     device = split.x.device
+
+    def forward(rows: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            out = model(in_layout(split.inputs(rows), channels_last))
+        return out.float()
+
     if criterion == "mse":
         sq_sum = torch.zeros((), device=device, dtype=torch.float64)
         count = 0
         for start in range(0, len(split), batch_size):
             rows = split.idx[start : start + batch_size]
             targets = split.labels(rows)
-            sq_sum += F.mse_loss(model(split.inputs(rows)), targets, reduction="sum").double()
+            sq_sum += F.mse_loss(forward(rows), targets, reduction="sum").double()
             count += targets.numel()
         model.train(was_training)
         return Evaluation(float(sq_sum) / count, float("nan"), [])
@@ -141,7 +209,7 @@ def evaluate_split(model: nn.Module, split: Split, batch_size: int, num_classes:
     correct = count = None
     for start in range(0, len(split), batch_size):
         rows = split.idx[start : start + batch_size]
-        logits = model(split.inputs(rows))
+        logits = forward(rows)
         labels = split.labels(rows)
         if correct is None:
             num_classes = num_classes or logits.shape[1]
@@ -229,7 +297,8 @@ class ModelSet:
 
 class SingleModel(ModelSet):
     """One `nn.Module` with a torch optimizer: K = 1. Supports every EngineConfig
-    option (L2 as a penalty, regression, the gradient-norm objective)."""
+    option (L2 as a penalty, regression, the gradient-norm objective, bf16,
+    channels_last)."""
 
     k = 1
 
@@ -239,6 +308,9 @@ class SingleModel(ModelSet):
     def prepare(self, cfgs: Sequence[EngineConfig], device: torch.device) -> None:
         (cfg,) = cfgs
         self.cfgs, self.device = [cfg], device
+        self.channels_last = uses_channels_last(self.model, cfg.channels_last)
+        if self.channels_last:  # before the optimizer: its state takes the weights' layout
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model.parameters(), cfg)
         self.order_rng = torch.Generator().manual_seed(cfg.seed)  # data order, on CPU: same on any device
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -252,7 +324,9 @@ class SingleModel(ModelSet):
 
     def gradients(self, train: Split, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.perm[start:stop]
-        loss = self.criterion(self.model(train.inputs(rows)), train.labels(rows))
+        with autocast(self.device, self.cfgs[0].precision):
+            outputs = self.model(in_layout(train.inputs(rows), self.channels_last))
+        loss = self.criterion(outputs.float(), train.labels(rows))  # float32 loss (a no-op at fp32)
         objective = loss
         if self.penalty:
             objective = loss + self.penalty * sum(p.square().sum() for p in self.params)
@@ -277,7 +351,9 @@ class SingleModel(ModelSet):
         pass  # K = 1: fit stops stepping as soon as its only model is frozen
 
     def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
-        return [evaluate_split(self.model, split, batch_size, criterion=self.cfgs[0].criterion)]
+        cfg = self.cfgs[0]
+        return [evaluate_split(self.model, split, cfg.eval_batch_for(split.x.device, batch_size),
+                               criterion=cfg.criterion, precision=cfg.precision, channels_last=self.channels_last)]
 
     def weight_norms(self) -> list[float]:
         return [weight_norm(self.model)]

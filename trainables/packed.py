@@ -26,6 +26,11 @@ within 1e-5 after several epochs) except for
 - nothing else: BatchNorm's running statistics are stacked buffers that vmap updates
   per model, in place, exactly as each model alone would.
 
+The engine's device options apply per model: `precision="bf16"` autocasts each
+model's forward pass, `channels_last` lays out every model's convolution weights
+(and input batches) as channels_last (`per_model_channels_last`), and
+`cuda_eval_batch_size` sets the evaluation batch on a CUDA device.
+
 `PackedModels` is the engine's `ModelSet` for K models: `engine.fit` runs the one
 training loop (epochs, batches, evaluation cadence, divergence, probes, checkpoints,
 reports), and reports one metric row per model under `members` (the contract's
@@ -47,7 +52,7 @@ from torch.nn import functional as F
 
 from trainables.contract import Evaluation
 from trainables.data import Split
-from trainables.engine import CRITERIA, EngineConfig, ModelSet, rng_state, set_rng_state
+from trainables.engine import CRITERIA, EngineConfig, ModelSet, autocast, in_layout, rng_state, set_rng_state
 
 # Hyperparameters that may differ between the models of one pack (per-model tensors
 # or generators); every other config key must be equal (sweeps/packing.py groups by it).
@@ -72,6 +77,8 @@ class PackedModels(ModelSet):
         self._template = copy.deepcopy(models[0])  # rebuilt members start from this
         self._skeleton = copy.deepcopy(models[0]).to("meta")  # structure only: weights come from `params`
         self._criterion = F.cross_entropy
+        self._precision, self._channels_last = "fp32", False
+        self._bn_hooks: list | None = None  # bf16: BatchNorm's inputs cast to float32 (see prepare)
         self._build_steps(self._loss)
 
     # -- the engine's ModelSet --------------------------------------------------
@@ -86,6 +93,20 @@ class PackedModels(ModelSet):
         self.cfgs, self.device = list(cfgs), device
         self._criterion = CRITERIA[cfgs[0].criterion]
         self._build_steps(self._grad_norm_sq if cfgs[0].objective == "grad_norm_sq" else self._loss)
+        self._precision = cfgs[0].precision
+        if self._precision == "bf16" and self._bn_hooks is None:
+            # BatchNorm on a bf16 input with float32 weights fails under torch.func.grad
+            # ("expected scalar type BFloat16 but found Float", torch 2.14 on CPU), so
+            # a pack's BatchNorm runs in float32 (an unpacked bf16 model's on its bf16
+            # input: the two round differently).
+            self._bn_hooks = [m.register_forward_pre_hook(_in_float32) for m in self._skeleton.modules()
+                              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # stacked convolution weights are 5-D: [K, out, in, kh, kw]
+        self._channels_last = cfgs[0].channels_last and any(p.dim() == 5 for p in self.params.values())
+        if self._channels_last:  # before the optimizer: its state takes the weights' layout
+            for name, p in self.params.items():
+                if p.dim() == 5:
+                    self.params[name] = per_model_channels_last(p)
         self.optimizer = PackedOptimizer(self.params, cfgs)
         self.order_rngs = [torch.Generator().manual_seed(c.seed) for c in cfgs]  # each model's data order
         cfg = cfgs[0]
@@ -99,7 +120,7 @@ class PackedModels(ModelSet):
 
     def gradients(self, train: Split, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.perms[:, start:stop]  # [K, B]: each model's own batch
-        inputs = train.inputs(rows.reshape(-1)).unflatten(0, rows.shape)
+        inputs = self._layout(train.inputs(rows.reshape(-1)).unflatten(0, rows.shape))
         self.grads, (objective, losses) = self.train_step(inputs, train.labels(rows), self.penalty)  # [K] each
         if self.cfgs[0].objective == "grad_norm_sq":
             return losses.detach(), objective.detach().sqrt()  # the loss gradient's norm, as SingleModel
@@ -114,6 +135,7 @@ class PackedModels(ModelSet):
         self.optimizer.freeze(i)
 
     def evaluate(self, split: Split, batch_size: int) -> list[Evaluation]:
+        batch_size = self.cfgs[0].eval_batch_for(split.x.device, batch_size)
         if self.cfgs[0].criterion == "mse":
             return evaluate_packed_mse(self, split, batch_size)
         return evaluate_packed(self, split, batch_size)
@@ -148,7 +170,16 @@ class PackedModels(ModelSet):
     # -- the vectorized model ---------------------------------------------------
 
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self._skeleton, (params, buffers), (x,))
+        with autocast(x.device, self._precision):
+            out = functional_call(self._skeleton, (params, buffers), (x,))
+        return out.float()  # float32 losses and logits (a no-op at fp32)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Input batches in channels_last layout when the option applies: [B, C, H, W]
+        shared by all models, or [K, B, C, H, W], one batch per model."""
+        if not self._channels_last:
+            return x
+        return per_model_channels_last(x) if x.dim() == 5 else in_layout(x, True)
 
     def _loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, l2: torch.Tensor | None):
         """One model's minibatch loss (plus l2 * ||w||^2, the "penalty" L2, if given)
@@ -179,12 +210,24 @@ class PackedModels(ModelSet):
         `shared_input`, [B, ...] (one batch for all, e.g. evaluation)."""
         self._skeleton.train(training)
         batched = vmap(self._call, in_dims=(0, 0, None if shared_input else 0), randomness="different")
-        return batched(self.params, self.buffers, x)
+        return batched(self.params, self.buffers, self._layout(x))
 
     def weights(self) -> dict:
         """The stacked weights as a checkpoint's "models" entry (`member_state` reads one model's)."""
         return {"params": {n: p.detach().clone() for n, p in self.params.items()},
                 "buffers": {n: b.clone() for n, b in self.buffers.items()}}
+
+
+def _in_float32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() for a in args)
+
+
+def per_model_channels_last(stacked: torch.Tensor) -> torch.Tensor:
+    """A stacked 5-D tensor, one NCHW-ordered slice per model (conv weights [K, out,
+    in, kh, kw], input batches [K, B, C, H, W]), laid out so that every slice is
+    channels_last: memory order K, N, H, W, C (torch's channels_last_3d orders a
+    5-D tensor's dims otherwise)."""
+    return stacked.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 def member_state(models_state: dict, k: int) -> dict:
@@ -305,5 +348,6 @@ def check_packable(cfgs: Sequence[EngineConfig]) -> None:
     what the packed trainer supports."""
     shared = [c.model_dump(exclude=set(PER_MODEL_KEYS)) for c in cfgs]
     if any(s != shared[0] for s in shared):
-        differing = sorted(k for k in shared[0] if any(s[k] != shared[0][k] for s in shared))
+        # over every config's keys: a dump leaves out device options at their defaults
+        differing = sorted(k for k in set().union(*shared) if any(s.get(k) != shared[0].get(k) for s in shared))
         raise ValueError(f"packed configs may differ only in {', '.join(PER_MODEL_KEYS)}; they differ in {differing}")

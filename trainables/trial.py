@@ -10,9 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-import ray
 import torch
-from ray import tune
 
 from trainables.checkpoint import load_state, save_state
 from trainables.contract import Report, RESUME_KEY
@@ -27,6 +25,8 @@ def trial_device() -> tuple[torch.device, dict]:
     so it is cuda:0 here); without CUDA it falls back to the CPU with one warning.
     On CPU, torch uses as many threads as the trial has CPUs, so concurrent trials do
     not oversubscribe the cores."""
+    import ray  # here, not at import: the engine's code runs without Ray (bench/gpu_check.sh)
+
     resources = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
     cpus = max(1, int(resources.get("CPU", 1)))
     gpus = resources.get("GPU", 0)
@@ -48,6 +48,8 @@ def trial_device() -> tuple[torch.device, dict]:
 
 
 def _node_id() -> str:
+    import ray
+
     try:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # not inside Ray (unit tests)
@@ -59,6 +61,8 @@ def restored_state(config: Mapping) -> dict | None:
     restoring it, else the checkpoint folder the trial's config was carried over with
     from an earlier experiment of the study (its RESUME_KEY, set by the planner),
     else None."""
+    from ray import tune
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and config.get(RESUME_KEY):
         checkpoint = tune.Checkpoint(config[RESUME_KEY])
@@ -71,6 +75,8 @@ def restored_state(config: Mapping) -> dict | None:
 def tune_reporter(extra: dict) -> Report:
     """An engine callback: report metrics (plus `extra`, e.g. device and n_params)
     to Tune, with the state as a checkpoint when there is one."""
+
+    from ray import tune
 
     from trainables import plugins
 

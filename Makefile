@@ -13,7 +13,7 @@ PACK ?=
 profile_flag = $(if $(PROFILE),--profile $(PROFILE))$(if $(PACK), --pack $(PACK))
 study_name = $(1)$(if $(PROFILE),-$(PROFILE))
 
-.PHONY: setup sweep sweep-batch sweep-function report validate test test-fast bench clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
+.PHONY: setup sweep sweep-batch sweep-function report estimate validate test test-fast bench clean-venv help submit job-status job-logs job-stop cluster-up cluster-down
 
 help:
 	@echo "make sweep-wd [PROFILE=quick|smoke]    weight decay on an overparameterized CNN"
@@ -22,6 +22,7 @@ help:
 	@echo "make sweep SPEC=sweeps/x.yaml [PROFILE=...]   any spec (e.g. examples/own.yaml: your own plugins)"
 	@echo "make sweep-NAME PACK=8                  train up to 8 grid cells per trial, vectorized (docs/specs.md)"
 	@echo "make report STUDY=wd-quick              rebuild a study's tables and figures"
+	@echo "make estimate SPEC=sweeps/x.yaml [PROFILE=...]   trials, FLOPs, memory and time before a run"
 	@echo "make validate                           check every spec and profile (sweeps/ and examples/)"
 	@echo "make cluster-up [WORKERS=1 CPUS=1]      a local multi-node Ray cluster (head + workers on 127.0.0.1)"
 	@echo "make submit SPEC=sweeps/x.yaml [PROFILE=...] [RAY_ADDRESS=http://HEAD:8265] [STORAGE=DIR|URI]"
@@ -58,6 +59,10 @@ sweep-function: sweep-function-fit
 report: setup
 	@test -n "$(STUDY)" || { echo "usage: make report STUDY=NAME (a folder under $(RESULTS)/, e.g. wd-quick)"; exit 2; }
 	$(PY) -m sweeps report $(RESULTS)/$(STUDY)
+
+estimate: setup
+	@test -n "$(SPEC)" || { echo "usage: make estimate SPEC=sweeps/NAME.yaml [PROFILE=quick|smoke|cpu]"; exit 2; }
+	$(PY) -m sweeps estimate $(SPEC) $(profile_flag)
 
 validate: setup
 	$(PY) -m sweeps validate sweeps/*.yaml examples/*.yaml

@@ -127,7 +127,8 @@ class ProgressPrinter(tune.Callback):
                 continue
             where = f"epoch {last['epoch']}/{epochs}"
             if cell.get("max_steps") and "step" in last:  # a step budget: epochs is ignored
-                where = f"step {last['step']}/{cell['max_steps']}"
+                # critical_points' phase 2 counts on after max_steps: at most gn_max_steps more
+                where = f"step {last['step']}/{cell['max_steps'] + cell.get('gn_max_steps', 0)}"
             self._say(f"    {self._label(t)}: {where} {_progress_metrics(last, self.metric)}")
 
 

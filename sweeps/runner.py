@@ -55,6 +55,10 @@ def init_ray(address: str | None) -> None:
     # Tune's own "Resume experiment with: Tuner.restore(...)" after Ctrl-C is for API
     # users; the CLI's way is to run the same command again, which run_study says.
     logging.getLogger("ray.tune.tune").addFilter(lambda record: "Tuner.restore(" not in record.getMessage())
+    # TensorBoard takes numbers only and warns, with the whole value, at every report
+    # holding a list of strings (a critical_points row's per-step `phase`); result.json
+    # keeps everything, so the warning says nothing a user can act on.
+    logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
 
 
 # `gpu: auto`: the GPU share of a trial by its model's parameter count. MNIST-sized

@@ -1,7 +1,7 @@
 # gensweep front door. Every target creates the virtualenv on first use.
 #   make sweep-wd PROFILE=quick     # the weight-decay study, quick version (times: README's study table)
 #   make test                       # the whole test suite (its time: README)
-#   make test-fast                  # the unit tests, without Ray studies (under 2 minutes)
+#   make test-fast                  # the unit tests, without Ray studies (about 3 minutes)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +30,7 @@ help:
 	@echo "make cluster-down                       stop the local cluster"
 	@echo "make docker-build | docker-run SPEC=... [PROFILE=...] | test-docker   the Docker image (docs/operations.md)"
 	@echo "make test                               run the whole test suite"
-	@echo "make test-fast                          the unit tests, without Ray studies (under 2 minutes)"
+	@echo "make test-fast                          the unit tests, without Ray studies (about 3 minutes)"
 	@echo "make bench                              the benchmarks (bench/results.json, docs/performance.md)"
 
 setup: $(VENV)/.installed

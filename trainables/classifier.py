@@ -201,6 +201,12 @@ def build_for(ds: datasets.ImageData | datasets.DatasetInfo, cfg, model_args: di
     return build_model(cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, **model_args)
 
 
+def evaluated_sizes(cfg: DataConfig, info: datasets.DatasetInfo) -> tuple[int, int]:
+    """(training images, images one evaluation forwards: train + validation + test)."""
+    n_train = cfg.train_size or info.train_count - cfg.val_size
+    return n_train, n_train + cfg.val_size + min(cfg.test_size or info.test_count, info.test_count)
+
+
 def workload(configs: list[dict]):
     """A trial's cost model (trainables/cost.py): one engine phase of the config's
     model(s) on the dataset's shapes, evaluated on train, validation and test."""
@@ -209,8 +215,7 @@ def workload(configs: list[dict]):
     parsed = [parse_config(ClassifierConfig, c) for c in configs]
     cfg, model_args = parsed[0]
     info = dataset_info(cfg.dataset)
-    n_train = cfg.train_size or info.train_count - cfg.val_size
-    n_eval = n_train + cfg.val_size + min(cfg.test_size or info.test_count, info.test_count)
+    n_train, n_eval = evaluated_sizes(cfg, info)
     phase = cost.engine_phase(f"{cfg.model}{json.dumps(model_args, sort_keys=True)}",
                               lambda: [build_for(info, c, a) for c, a in parsed], cfg, info.input_shape,
                               info.num_classes, cost.engine_steps(cfg, n_train), cost.evaluations(cfg, n_train) * n_eval)

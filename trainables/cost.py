@@ -145,10 +145,14 @@ def engine_phase(name: str, build: Callable[[], list[nn.Module]], cfg: EngineCon
     key = (f"{name}|in={tuple(input_shape)}|classes={classes}|k={k}|batch={batch}|eval={cfg.eval_batch_size}"
            f"|{cfg.optimizer}|{cfg.objective}|{cfg.criterion}|{cfg.l2_mode if cfg.weight_decay else 'no-l2'}")
 
-    def make_step() -> Callable[[], None]:
+    def prepared(n: int) -> tuple[ModelSet, TensorSplit]:
+        """The trial's model(s), ready to step, and n random samples of its shapes."""
         models = model_set(build())
         models.prepare([cfg.model_copy(update={"seed": i}) for i in range(k)], device)
-        split = random_split(batch, input_shape, classes, device)
+        return models, random_split(n, input_shape, classes, device)
+
+    def make_step() -> Callable[[], None]:
+        models, split = prepared(batch)
         models.shuffle(split)
 
         def step() -> None:
@@ -158,9 +162,7 @@ def engine_phase(name: str, build: Callable[[], list[nn.Module]], cfg: EngineCon
         return step
 
     def make_eval() -> Callable[[], None]:
-        models = model_set(build())
-        models.prepare([cfg.model_copy(update={"seed": i}) for i in range(k)], device)
-        split = random_split(cfg.eval_batch_size, input_shape, classes, device)
+        models, split = prepared(cfg.eval_batch_size)
         return lambda: models.evaluate(split, cfg.eval_batch_size)
 
     return Phase(key=key, steps=steps, eval_samples=eval_samples, eval_batch=cfg.eval_batch_size,

@@ -324,8 +324,7 @@ def workload(configs: list[dict]):
         x = rng.standard_normal((cfg.eval_batch_size, sizes[0]), dtype=np.float32)
         return lambda: net.logits(x)
 
-    n_train = cfg.train_size or info.train_count - cfg.val_size
-    n_eval = n_train + cfg.val_size + min(cfg.test_size or info.test_count, info.test_count)
+    n_train, n_eval = classifier.evaluated_sizes(cfg, info)
     epochs = cfg.epochs
     evals = epochs // cfg.eval_every + (0 if epochs % cfg.eval_every == 0 else 1)
     n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))

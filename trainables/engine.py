@@ -428,10 +428,14 @@ def fit(
         n_steps = 0
         for start in range(0, len(train), cfg.batch_size):
             losses, grad_norms = models.gradients(train, start, start + cfg.batch_size)
-            grad_norm_sum += torch.where(pending, grad_norms, 0.0)
-            loss_sum += torch.where(pending, losses, 0.0)
-            batches += pending
-            if cfg.stop_grad_norm is not None:
+            if cfg.stop_grad_norm is None:  # every model steps every batch: no masks in the hot loop
+                grad_norm_sum += grad_norms
+                loss_sum += losses
+                batches += 1
+            else:  # a model that met stop_grad_norm counts no more batches
+                grad_norm_sum += torch.where(pending, grad_norms, 0.0)
+                loss_sum += torch.where(pending, losses, 0.0)
+                batches += pending
                 met = (pending & (grad_norms < cfg.stop_grad_norm)).tolist()
                 for i in (i for i in range(k) if met[i]):
                     # before the update: the weights kept are the ones that met it

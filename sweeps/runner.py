@@ -40,13 +40,16 @@ ReportWriter = Callable[[Path], str]
 
 
 def init_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start a local Ray in this process."""
+    """Join the cluster at `address` (or $RAY_ADDRESS, as in a submitted job), or start
+    a local Ray in this process, listening on the loopback address only."""
     import ray
 
     if ray.is_initialized():
         return
     for key, value in WORKER_ENV.items():  # a local Ray's workers inherit the driver's environment
         os.environ.setdefault(key, value)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        bind_loopback()
     # Trials' stdout is forwarded; Ray's own INFO chatter is not.
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
     # After an interruption Tune lists every not-yet-started trial as "failed to fetch
@@ -59,6 +62,22 @@ def init_ray(address: str | None) -> None:
     # holding a list of strings (a critical_points row's per-step `phase`); result.json
     # keeps everything, so the warning says nothing a user can act on.
     logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
+
+
+def bind_loopback() -> None:
+    """Make the local Ray this process starts listen on 127.0.0.1 only: its GCS,
+    raylet, object manager, workers and agents bind to the node's IP address when
+    that is 127.0.0.1, and to every interface otherwise. ray.init has no switch for
+    it (`_node_ip_address="127.0.0.1"` is turned back into the machine's network
+    address); Ray's node address is the loopback one when its "cluster" mode is off,
+    as on macOS and Windows, which this sets (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+    read when Ray is imported, so the module's constant too). A laptop on a shared
+    network then exposes nothing; joining a cluster (--address) and `cluster up`
+    keep their own settings (tests/test_faults.py checks every listening socket)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 # `gpu: auto`: the GPU share of a trial by its model's parameter count. MNIST-sized

@@ -109,9 +109,48 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, poll:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def listening_sockets(pids: list[int]) -> dict[tuple[str, int], str]:
+    """(address, port) -> process name, for every TCP socket in LISTEN state owned
+    by one of `pids`: /proc/PID/fd's socket inodes matched against /proc/net/tcp and
+    tcp6 (state 0A). Addresses as text: '127.0.0.1', '0.0.0.0', '::', '::ffff:127.0.0.1'."""
+    import ipaddress
+
+    owner: dict[str, str] = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    owner[link[8:-1]] = f"{name} ({pid})"
+        except OSError:  # the process ended meanwhile
+            continue
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owner:
+                continue
+            hex_ip, hex_port = local.split(":")
+            raw = bytes.fromhex(hex_ip)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found[(str(ipaddress.ip_address(packed)), int(hex_port, 16))] = owner[inode]
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
 class Cli:
     """`python -m sweeps ARGS` in its own session (so it can be signalled like a
-    terminal's foreground job), output to a file; remembers every process below it."""
+    terminal's foreground job), output to a file; remembers every process below it
+    and the TCP sockets they listen on."""
 
     def __init__(self, *args: str, log: Path, env: dict | None = None):
         self.log = Path(log)
@@ -121,11 +160,15 @@ class Cli:
                                          stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                          start_new_session=True)
         self.seen: dict[int, str] = {}
+        self.listening: dict[tuple[str, int], str] = {}
 
     def watch(self) -> dict[int, str]:
-        """Record the processes below the CLI now (Ray's, the trials' workers)."""
+        """Record the processes below the CLI now (Ray's, the trials' workers) and
+        their listening sockets."""
         if self.alive():
-            self.seen.update(descendants(self.proc.pid))
+            now = descendants(self.proc.pid)
+            self.seen.update(now)
+            self.listening.update(listening_sockets([self.proc.pid, *now]))
         return self.seen
 
     def alive(self) -> bool:
@@ -269,7 +312,7 @@ def worker_killed(tmp_path_factory):
         os.kill(victim, signal.SIGKILL)
         code = cli.wait(240)
         return {"folder": folder, "code": code, "output": cli.output(), "killed": name, "victim": victim,
-                "reported_at_kill": reported, "seconds": time.monotonic() - cli.started}
+                "reported_at_kill": reported, "seconds": time.monotonic() - cli.started, "listening": cli.listening}
     finally:
         cli.cleanup()
 
@@ -302,6 +345,17 @@ def test_a_killed_worker_restarts_from_its_checkpoint_and_ends_like_an_uninterru
     for metric in ("final_test_acc", "final_test_loss", "final_train_loss", "final_weight_norm"):
         assert trials.loc["killed", metric] == trials.loc["reference", metric], metric
     assert trials.loc["killed", "final_test_acc"] > 0.5  # it learned: 3 epochs reach about 0.8
+
+
+def test_a_local_run_listens_on_the_loopback_address_only(worker_killed):
+    """Every TCP socket Ray's processes (GCS, raylet, object manager, agents, the
+    trials' workers) and the driver listen on, sampled while trials ran, is on
+    127.0.0.1: a laptop on a shared network exposes nothing (sweeps.runner.bind_loopback)."""
+    listening = worker_killed["listening"]
+    owners = " ".join(listening.values())
+    assert "gcs_server" in owners and "raylet" in owners, listening  # the sampling saw Ray's servers
+    exposed = {f"{address}:{port}": who for (address, port), who in listening.items() if not is_loopback(address)}
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 def test_a_diverged_trial_is_counted_and_left_out_of_means_while_the_study_goes_on(worker_killed):

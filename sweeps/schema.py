@@ -3,8 +3,9 @@
 A spec names a family, the values it fixes, the grid axes it varies, an optional
 search, the seeds, the resources and the figures; profiles (`quick`, `smoke`) are
 partial overrides merged over it. Loading validates everything, including every
-trial config the grid produces (through the family), and names the key path of
-the first problem:
+trial config the grid produces (through the family), refuses a seed, grid value or
+cell listed twice (two cells are one trial when their content ids are equal), and
+names the key path of the first problem:
 
     sweeps/wd.yaml: grid.weight_decay[2]: Input should be greater than or equal to 0 (got -0.001)
 """
@@ -18,7 +19,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Hashable, Iterable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 
@@ -31,6 +32,34 @@ from trainables.families import FAMILIES, get_family, suggest
 # only a GPU finishes in reasonable time (e.g. the CNN rows of models.yaml).
 REQUIRED_PROFILES = ("quick", "smoke")
 PROFILES = (*REQUIRED_PROFILES, "cpu")
+
+
+def spec_value_key(value: Any) -> Hashable:
+    """What a value written in a spec means, as a key that is equal for equal meanings:
+    numbers compare as numbers (0 and 0.0, 1e-3 and 0.001 are one weight decay), lists
+    and mappings by their items. A boolean is not a number here (Python's True == 1):
+    where a family reads `0` as `false`, the cells' content ids still say they are one
+    trial (_refuse_same_trials)."""
+    if isinstance(value, (bool, str)) or value is None:
+        return type(value).__name__, value
+    if isinstance(value, (int, float)):
+        return "number", value  # equal numbers hash alike: hash(0) == hash(0.0)
+    if isinstance(value, (list, tuple)):
+        return "list", tuple(spec_value_key(v) for v in value)
+    if isinstance(value, dict):
+        return "mapping", frozenset((spec_value_key(k), spec_value_key(v)) for k, v in value.items())
+    return type(value).__name__, repr(value)  # YAML's dates and the like
+
+
+def first_repeat(items: Iterable[tuple[int, Any]]) -> tuple[int, int] | None:
+    """The positions (i, j), i < j, of the first value that repeats an earlier one
+    (spec_value_key's sense of equal); None when every value is distinct."""
+    seen: dict[Hashable, int] = {}
+    for j, value in items:
+        i = seen.setdefault(spec_value_key(value), j)
+        if i != j:
+            return i, j
+    return None
 
 
 class _Strict(BaseModel):
@@ -105,7 +134,7 @@ class Search(_Strict):
                 low, high = next(iter(dist.model_dump().values()))
                 if low >= high:
                     raise ValueError(f"space.{name}: low {low} must be below high {high}: the range is empty")
-            elif len({json.dumps(v, sort_keys=True, default=str) for v in dist.choice}) < len(dist.choice):
+            elif first_repeat(enumerate(dist.choice)) is not None:
                 raise ValueError(f"space.{name}: choice lists a value twice")
         if self.algo == "grid":
             listed = [name for name, dist in self.space.items() if not isinstance(dist, Choice)]
@@ -316,6 +345,7 @@ def load_study(path: str | Path, profile: str | None = None, pack: int | None = 
     for axis, values in spec.grid.items():
         if not values:
             raise SpecError(f"{path}: grid.{axis}: empty list; give at least one value or remove the axis")
+    _check_repeats(path, spec)
     plugins = load_plugins(path, spec)
     _check_nuisance_keys(path, spec)
     cells = _resolve_cells(path, spec)
@@ -360,8 +390,6 @@ def _check_nuisance_keys(path: Path, spec: Spec) -> None:
                 if isinstance(value, dict) and name in value:
                     raise SpecError(f"{path}: search.space.{name}: also set by grid.{axis}[{i}].{name}; "
                                     f"a searched key cannot also be a grid value")
-    if len(set(spec.seeds)) < len(spec.seeds):
-        raise SpecError(f"{path}: seeds: lists a seed twice ({spec.seeds}); each seed is one confirmation run")
 
 
 def _search_metric(path: Path, spec: Spec, cell: dict) -> str:
@@ -401,7 +429,7 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
     probes = list(itertools.product(*(bounds(d) for d in searched.values()))) or [()]
     axes = list(spec.grid)
     variant_axes = _variant_axes(path, spec)
-    cells = []
+    cells, origins = [], []
     for combo in itertools.product(*(range(len(spec.grid[a])) for a in axes)):
         chosen = dict(zip(axes, combo))
         config, labels, origin = dict(spec.fixed), {}, {}
@@ -427,7 +455,67 @@ def _resolve_cells(path: Path, spec: Spec) -> list[dict]:
                     raise SpecError(f"{path}: {where}: {exc.message}") from None
             # A variant axis becomes a column holding the variant's name.
             cells.append({**{k: v for k, v in resolved.items() if k not in searched}, **labels})
+            origins.append((chosen, seed_index))
+    _refuse_same_trials(path, spec, cells, origins, variant_axes)
     return cells
+
+
+def _check_repeats(path: Path, spec: Spec) -> None:
+    """A seed or grid value listed twice runs its trials twice, and the report would
+    count them as independent evidence: refuse it, naming both positions."""
+    _refuse_repeat(path, "seeds", enumerate(spec.seeds))
+    for axis, values in spec.grid.items():
+        if _is_variant_axis(values):
+            # Variants are told apart by name in the results: a repeated name is the
+            # clearer message, also when the whole variant repeats.
+            named = [(i, str(v["name"])) for i, v in enumerate(values) if v.get("name")]
+            _refuse_repeat(path, f"grid.{axis}", named, field=".name", rule="each variant needs its own name")
+        _refuse_repeat(path, f"grid.{axis}", enumerate(values))
+
+
+def _refuse_repeat(path: Path, key: str, items: Iterable[tuple[int, Any]], field: str = "",
+                   rule: str = "each value once") -> None:
+    """SpecError for the first value in (position, value) items that repeats an
+    earlier one: `key[j]field: value repeats key[i]field (as written there); rule`."""
+    items = list(items)
+    pair = first_repeat(items)
+    if pair is None:
+        return
+    values = dict(items)
+    i, j = pair
+    written = f" ({values[i]!r})" if repr(values[i]) != repr(values[j]) else ""  # 0.0 repeats 0
+    raise SpecError(f"{path}: {key}[{j}]{field}: {values[j]!r} repeats {key}[{i}]{field}{written}; {rule}")
+
+
+Origin = tuple[dict[str, int], int]  # a cell's grid positions (axis -> index) and seed index
+
+
+def _refuse_same_trials(path: Path, spec: Spec, cells: list[dict], origins: list[Origin],
+                        variant_axes: dict[str, list[str]]) -> None:
+    """Distinct values can still resolve to one trial (a value the family reads like
+    another, e.g. '0.01' and 0.01, or 0 and false): two cells with one content id
+    would run once and be reported twice. Variants with different names are different
+    cells even when they train the same config (a deliberate reference run)."""
+    first: dict[str, int] = {}
+    for j, cell in enumerate(cells):
+        content_id = cell_id(spec.family, cell)
+        i = first.setdefault(content_id, j)
+        if i == j:
+            continue
+        (grid_i, _), (grid_j, seed_j) = origins[i], origins[j]
+        # The key path: the later cell's first grid position that differs from the earlier one's.
+        differs = next((f"grid.{a}[{grid_j[a]}]" for a in grid_j if grid_j[a] != grid_i[a]), f"seeds[{seed_j}]")
+        raise SpecError(f"{path}: {differs}: the cell {_describe_origin(spec, origins[j], variant_axes)} is the same "
+                        f"trial as the cell {_describe_origin(spec, origins[i], variant_axes)}: the family resolves "
+                        f"both to one config (content id {content_id}); each cell once")
+
+
+def _describe_origin(spec: Spec, origin: Origin, variant_axes: dict[str, list[str]]) -> str:
+    """Where a cell comes from: {grid.wd[1] = 0.01, grid.arch[0] = variant 'mlp', seeds[0] = 0}."""
+    grid, seed_index = origin
+    parts = [f"grid.{axis}[{i}] = " + (f"variant {variant_axes[axis][i]!r}" if axis in variant_axes
+                                       else repr(spec.grid[axis][i])) for axis, i in grid.items()]
+    return "{" + ", ".join([*parts, f"seeds[{seed_index}] = {spec.seeds[seed_index]}"]) + "}"
 
 
 def _dataset_ref(value: Any, base_dir: Path) -> str:
@@ -460,19 +548,25 @@ def _variant_axes(path: Path, spec: Spec) -> dict[str, list[str]]:
     key (or by its keys and values). Returns axis -> variant names."""
     variants = {}
     for axis, values in spec.grid.items():
-        kinds = {isinstance(v, dict) for v in values}
-        if kinds == {True}:
+        if _is_variant_axis(values):
             names = [str(v.get("name") or ",".join(f"{k}={v[k]}" for k in v)) for v in values]
-            if len(set(names)) != len(names):
-                raise SpecError(f"{path}: grid.{axis}: variants need distinct names (give each a `name:`)")
+            pair = first_repeat(enumerate(names))
+            if pair is not None:  # written names and repeated variants are refused by _check_repeats
+                i, j = pair
+                raise SpecError(f"{path}: grid.{axis}[{j}]: name {names[j]!r} is also grid.{axis}[{i}]'s (a variant "
+                                f"without `name:` is named by its keys and values); give each variant a `name:`")
             for i, value in enumerate(values):
                 clash = [k for k in value if k in spec.fixed or k in spec.grid]
                 if clash:
                     raise SpecError(f"{path}: grid.{axis}[{i}].{clash[0]}: also set in fixed or as a grid axis")
             variants[axis] = names
-        elif len(kinds) > 1:
+        elif any(isinstance(v, dict) for v in values):
             raise SpecError(f"{path}: grid.{axis}: mixes mappings (variants) and plain values")
     return variants
+
+
+def _is_variant_axis(values: list) -> bool:
+    return bool(values) and all(isinstance(v, dict) for v in values)
 
 
 def _where(key: str, spec: Spec, combo: dict[str, int], seed_index: int) -> str:

@@ -237,7 +237,10 @@ BAD_SPECS = [
      ["search.baseline.momentum: not a searched key"]),
     ("tuned-seed-twice", spec_with(grid=None, seeds=[0, 0], fixed={"model": "mlp", "epochs": 1, "val_size": 500},
                                    search={"space": {"lr": {"loguniform": [1e-3, 0.1]}}}), None,
-     ["seeds: lists a seed twice"]),
+     ["seeds[1]: 0 repeats seeds[0]; each value once"]),
+    # 0 and 0.0 are one weight decay, as in a grid axis
+    ("choice-repeats-a-number", spec_with(grid=None, search={"space": {"weight_decay": {"choice": [0, 0.0]}}}), None,
+     ["search.space.weight_decay: choice lists a value twice"]),
     ("search-bad-bound", spec_with(grid=None, search={"space": {"momentum": {"uniform": [0.5, 1.5]}}}), None,
      ["search.space.momentum"]),
     ("unknown-profile-requested", spec_with(profiles={"smoke": {"fixed": {"epochs": 1}}}), "fast",
@@ -289,6 +292,103 @@ def test_missing_spec_file(tmp_path):
     with pytest.raises(SpecError, match="no such spec file") as info:
         load_study(path)
     assert str(path) in str(info.value)
+
+
+# ------------------------------------------------- repeated values and cells
+
+MINI_YAML = "name: mini\nfamily: classifier\nfixed: {model: mlp, epochs: 1}\n"
+TUNED_YAML = ("name: mini\nfamily: classifier\nfixed: {model: mlp, epochs: 1, val_size: 500}\n"
+              "search: {space: {lr: {loguniform: [0.001, 0.1]}}, num_samples: 2}\n")
+
+
+def refusal(path: Path) -> str:
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    return str(info.value)
+
+
+REPEATS = [
+    # (id, spec text, the message after "{path}: ")
+    ("seed", MINI_YAML + "grid: {lr: [0.01]}\nseeds: [0, 1, 0]\n", "seeds[2]: 0 repeats seeds[0]; each value once"),
+    ("weight-decay-0-and-0.0", MINI_YAML + "grid: {weight_decay: [0, 0.0]}\n",
+     "grid.weight_decay[1]: 0.0 repeats grid.weight_decay[0] (0); each value once"),
+    ("exponent-spelling", MINI_YAML + "grid: {weight_decay: [0.001, 0.01, 1e-3]}\n",
+     "grid.weight_decay[2]: 0.001 repeats grid.weight_decay[0]; each value once"),
+    ("list-value", MINI_YAML + "grid: {hidden: [[32, 16], [64], [32.0, 16]]}\n",
+     "grid.hidden[2]: [32.0, 16] repeats grid.hidden[0] ([32, 16]); each value once"),
+    ("second-axis", MINI_YAML + "grid: {lr: [0.1, 0.2], optimizer: [sgd, adam, sgd]}\n",
+     "grid.optimizer[2]: 'sgd' repeats grid.optimizer[0]; each value once"),
+    ("variant-name", MINI_YAML + "grid:\n  opt:\n    - {name: a, lr: 0.1}\n    - {name: b, lr: 0.2}\n"
+                                 "    - {name: a, lr: 0.3}\n",
+     "grid.opt[2].name: 'a' repeats grid.opt[0].name; each variant needs its own name"),
+    ("whole-named-variant", MINI_YAML + "grid:\n  opt: [{name: a, lr: 0.1}, {name: a, lr: 0.1}]\n",
+     "grid.opt[1].name: 'a' repeats grid.opt[0].name; each variant needs its own name"),
+    ("unnamed-variant", MINI_YAML + "grid:\n  opt: [{lr: 0.1, weight_decay: 0}, {weight_decay: 0.0, lr: 0.1}]\n",
+     "grid.opt[1]: {'weight_decay': 0.0, 'lr': 0.1} repeats grid.opt[0] ({'lr': 0.1, 'weight_decay': 0}); "
+     "each value once"),
+    ("tuned-seed", TUNED_YAML + "grid: {weight_decay: [0, 0.01]}\nseeds: [2, 0, 2]\n",
+     "seeds[2]: 2 repeats seeds[0]; each value once"),
+    ("tuned-grid-value", TUNED_YAML + "grid: {weight_decay: [0.01, 0, 1e-2]}\n",
+     "grid.weight_decay[2]: 0.01 repeats grid.weight_decay[0]; each value once"),
+    # A variant without `name:` is named by its keys and values: the names clash, the variants differ.
+    ("made-up-name", MINI_YAML + "grid:\n  opt: [{lr: 0.1}, {name: lr=0.1, lr: 0.2}]\n",
+     "grid.opt[1]: name 'lr=0.1' is also grid.opt[0]'s (a variant without `name:` is named by its keys and "
+     "values); give each variant a `name:`"),
+]
+
+
+@pytest.mark.parametrize("text, message", [r[1:] for r in REPEATS], ids=[r[0] for r in REPEATS])
+def test_a_repeated_value_is_refused_naming_both_positions(tmp_path, text, message):
+    path = write_spec(tmp_path, text)
+    assert refusal(path) == f"{path}: {message}"
+
+
+SAME_TRIALS = [
+    # (id, spec text, the same config as a one-cell spec, the message after "{path}: " ({id}: its content id))
+    # A quoted number is a distinct value that the family reads as the number.
+    ("quoted-number", MINI_YAML + "grid: {weight_decay: [0.01, '0.01'], lr: [0.1, 0.2]}\nseeds: [0, 1]\n",
+     MINI_YAML + "grid: {weight_decay: [0.01], lr: [0.1]}\n",
+     "grid.weight_decay[1]: the cell {grid.weight_decay[1] = '0.01', grid.lr[0] = 0.1, seeds[0] = 0} is the same "
+     "trial as the cell {grid.weight_decay[0] = 0.01, grid.lr[0] = 0.1, seeds[0] = 0}: the family resolves both to "
+     "one config (content id {id}); each cell once"),
+    # false and 0 are different values (a boolean is not a number), but the family reads 0 as false.
+    ("false-and-0", MINI_YAML + "grid:\n  arch: [{name: small, hidden: [8]}, {name: big, hidden: [16]}]\n"
+                                "  per_class: [false, 0]\n",
+     MINI_YAML + "grid:\n  arch: [{name: small, hidden: [8]}]\n  per_class: [false]\n",
+     "grid.per_class[1]: the cell {grid.arch[0] = variant 'small', grid.per_class[1] = 0, seeds[0] = 0} is the same "
+     "trial as the cell {grid.arch[0] = variant 'small', grid.per_class[0] = False, seeds[0] = 0}: the family "
+     "resolves both to one config (content id {id}); each cell once"),
+    # A tuned study's cells (each searched on the first seed) are checked the same way.
+    ("tuned", TUNED_YAML + "grid: {weight_decay: [0.01, '0.01']}\nseeds: [0, 1]\n",
+     TUNED_YAML + "grid: {weight_decay: [0.01]}\n",
+     "grid.weight_decay[1]: the cell {grid.weight_decay[1] = '0.01', seeds[0] = 0} is the same trial as the cell "
+     "{grid.weight_decay[0] = 0.01, seeds[0] = 0}: the family resolves both to one config (content id {id}); "
+     "each cell once"),
+]
+
+
+@pytest.mark.parametrize("text, twin, message", [r[1:] for r in SAME_TRIALS], ids=[r[0] for r in SAME_TRIALS])
+def test_two_cells_that_resolve_to_one_trial_are_refused(tmp_path, text, twin, message):
+    (content_id,) = load_study(write_spec(tmp_path, twin, "twin.yaml")).cell_ids
+    path = write_spec(tmp_path, text)
+    assert refusal(path) == f"{path}: " + message.replace("{id}", content_id)
+
+
+def test_near_duplicates_are_distinct_values(tmp_path):
+    # 0.001 and 0.0011, seeds 0 and 1, false and 1 (true): distinct. Two variants with their
+    # own names and one config are a deliberate reference run (tests/test_faults.py): distinct cells.
+    text = MINI_YAML + ("grid:\n  weight_decay: [0.001, 0.0011]\n  per_class: [false, 1]\n"
+                        "  run: [{name: killed, lr: 0.05}, {name: reference, lr: 0.05}]\nseeds: [0, 1]\n")
+    study = load_study(write_spec(tmp_path, text))
+    assert len(study.cells) == len(set(study.cell_ids)) == 2 * 2 * 2 * 2
+    assert {c["weight_decay"] for c in study.cells} == {0.001, 0.0011}
+    assert {c["run"] for c in study.cells} == {"killed", "reference"}
+    tuned = load_study(write_spec(tmp_path, TUNED_YAML + "grid: {weight_decay: [0.001, 0.0011]}\nseeds: [0, 1]\n",
+                                  "tuned.yaml"))
+    assert len(tuned.cells) == len(set(tuned.cell_ids)) == 4 and len(set(tuned.tuning_ids)) == 2
+    # One digit less and it is a repeat.
+    repeat = write_spec(tmp_path, text.replace("0.0011", "1e-3"), "repeat.yaml")
+    assert refusal(repeat) == f"{repeat}: grid.weight_decay[1]: 0.001 repeats grid.weight_decay[0]; each value once"
 
 
 # --------------------------------------------------------------------- CLI

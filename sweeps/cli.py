@@ -107,11 +107,13 @@ def storage_of(args: argparse.Namespace, study) -> str | None:
 
 
 def load(path: Path, profile: str | None, pack: int | None = None):
-    """A spec file as a validated Study, its figures checked by analysis (which owns
-    the figure kinds)."""
+    """A spec file as a validated Study, its trials' memory checked against this
+    machine's, its figures checked by analysis (which owns the figure kinds)."""
+    from sweeps.feasibility import check_memory
     from sweeps.schema import load_study
 
     study = load_study(path, profile, pack)
+    check_memory(study)  # a trial too big for this machine's memory (or its GPU share), before anything runs
     from analysis.report import check_figures  # after: a bad spec is refused without importing seaborn (1.5 s)
 
     check_figures([f.model_dump() for f in study.spec.figures], str(path), study.spec.model_dump())

@@ -66,7 +66,7 @@ class Estimate:
                 f"(gensweep estimate for details)")
 
     def lines(self) -> list[str]:
-        parts = ", ".join(f"{k.replace('_', ' ')} {bytes_text(v)}" for k, v in self.memory_parts.items())
+        parts = parts_text(self.memory_parts)
         bound = " (an upper bound: a scheduler or an early stop ends some trials sooner)" if self.upper_bound else ""
         return [
             f"{self.study}: {self.trials} trial(s) ({self.cells} result cells){bound}",
@@ -95,10 +95,15 @@ def flops_text(flops: float) -> str:
 
 
 def bytes_text(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} B"
+
+
+def parts_text(parts: dict[str, float]) -> str:
+    """Memory by part, bytes -> 'weights 1.2 MB, activations 300 kB, ...'."""
+    return ", ".join(f"{name.replace('_', ' ')} {bytes_text(n)}" for name, n in parts.items())
 
 
 def duration(seconds: float) -> str:

@@ -252,6 +252,25 @@ CASES: dict[str, Case] = {
         spec_text(grid=None, fixed__lr=None, fixed__val_size=100, pack=4,
                   search={"space": {"lr": {"loguniform": [0.01, 0.1]}}, "num_samples": 2}),
         ["{spec}: pack: a search proposes one trial at a time", "packing is for grids"]),
+    # Duplicates (sweeps/schema.py): a value, a variant name, or two cells that are one trial.
+    "seed_repeated": Case(spec_text(seeds=[0, 1, 0]), ["{spec}: seeds[2]: 0 repeats seeds[0]; each value once"]),
+    "grid_value_repeated": Case(spec_text(grid__weight_decay=[0, 0.01, 0.0]),
+                                ["{spec}: grid.weight_decay[2]: 0.0 repeats grid.weight_decay[0] (0); each value once"]),
+    "variant_name_repeated": Case(
+        spec_text(fixed__lr=None, grid={"opt": [{"name": "slow", "lr": 0.01}, {"name": "fast", "lr": 0.1},
+                                                {"name": "slow", "lr": 0.001}]}),
+        ["{spec}: grid.opt[2].name: 'slow' repeats grid.opt[0].name; each variant needs its own name"]),
+    # '0.01' is a distinct value (a string) that the family reads as the number: one trial, listed twice.
+    "cells_resolve_to_one_trial": Case(
+        spec_text(grid__weight_decay=[0.01, "0.01"]),
+        ["{spec}: grid.weight_decay[1]: the cell {{grid.weight_decay[1] = '0.01', seeds[0] = 0}} is the same trial "
+         "as the cell {{grid.weight_decay[0] = 0.01, seeds[0] = 0}}: the family resolves both to one config "
+         "(content id ", "); each cell once"]),
+    # Feasibility (sweeps/feasibility.py): 79.5 B parameters, sized on the meta device, nothing allocated.
+    "model_too_big_for_memory": Case(spec_text(fixed__hidden=[100_000_000]),
+                                     ["{spec}: fixed.hidden: a trial needs 1.16 TB (79.5 B parameters: weights 318 GB, "
+                                      "gradients 318 GB, optimizer state 318 GB, activations 205 GB, data 55.4 MB) "
+                                      "but this machine has ", "; use a smaller model or a machine with more memory"]),
     # Starts Ray in-process (~10 s) to learn the cluster's GPUs; launches no trial.
     "more_gpus_than_cluster": Case(spec_text(resources={"gpu": 1}),
                                    ["{spec}: resources.gpu: 1 GPU per trial, but no node of this cluster has a GPU"],

@@ -114,13 +114,21 @@ def check_forward(builder, model: str, args_json: str, input_shape: tuple[int, i
     built-in's arguments) is refused at validation, not in every trial. Cached: a
     grid's cells share a handful of distinct models (`builder`, the registered
     function, is in the key so that an edited plugin's model is checked again)."""
-    from trainables import plugins
+    from trainables import cost, plugins
 
     shape = "x".join(map(str, input_shape))
+
+    def build() -> torch.nn.Module:
+        return build_model(model, input_shape=input_shape, num_classes=num_classes, **json.loads(args_json))
+
     try:
-        net = build_model(model, input_shape=input_shape, num_classes=num_classes, **json.loads(args_json))
+        # A model too big to build here (sweeps/feasibility.py refuses it with its
+        # numbers) is checked on the meta device: shapes only, nothing allocated.
+        net = cost.on_meta(lambda: [build()])[0]
+        if count_params(net) <= cost.REAL_PROBE_PARAMS:
+            net = build()  # a real forward pass also runs what the meta device cannot (values)
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.device(next((p.device for p in net.parameters()), torch.device("cpu"))):
             out = net(torch.zeros(_PROBE_BATCH, *input_shape))
     except Exception as exc:
         # The line in the user's code when the traceback passes through it, else the
@@ -222,13 +230,16 @@ def workload(configs: list[dict]):
     image_bytes = math.prod(info.input_shape)  # uint8 pixels
     # a trial holds the whole dataset (shared zero-copy from the object store) plus labels
     return cost.Workload([phase], data_bytes=(info.train_count + info.test_count) * (image_bytes + 8),
-                         models=len(parsed))
+                         models=len(parsed), model_keys=("model", *model_args))
 
 
 def model_params(config: dict) -> int:
-    """Parameter count of the model a (validated) trial config builds."""
+    """Parameter count of the model a (validated) trial config builds (on the meta
+    device where it can: a huge model is counted, not allocated)."""
+    from trainables import cost
+
     cfg, model_args = parse_config(ClassifierConfig, config)
-    return count_params(build_for(dataset_info(cfg.dataset), cfg, model_args))
+    return count_params(cost.on_meta(lambda: [build_for(dataset_info(cfg.dataset), cfg, model_args)])[0])
 
 
 register_family(Family(name="classifier", validate=validate, load_data=load_data, train=train,

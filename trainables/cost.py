@@ -13,12 +13,18 @@ model on random data of the trial's shapes. `measure` then
 - caches both per machine (host, CPU, torch version, thread count) and step
   signature, so a second estimate of the same models takes no time.
 
-Memory: weights, gradients and optimizer state from the parameter count, batch
-activations from the outputs of every module in one forward pass (kept for the
-backward pass, and their gradients), and the dataset the trial holds.
+Memory (`memory`, no timing and no FLOPs: sweeps/feasibility.py's check and
+`measure` both use it): weights, gradients and optimizer state from the parameter
+count, batch activations from the outputs of every module in one forward pass (a
+training batch's kept for the backward pass, and their gradients; an evaluation
+batch's), the dataset the trial holds, and what a phase declares beyond these. The
+models are sized on torch's meta device (shapes, no storage; a small one also runs
+one real sample, see `model_sizes`), so sizing a model too big for the machine
+allocates nothing.
 
     >>> phase = engine_phase("mlp-512", lambda: [build_model("mlp")], cfg, (1, 28, 28), classes=10, ...)
     >>> measure(Workload([phase], data_bytes=47e6))   # -> Cost
+    >>> memory(Workload([phase], data_bytes=47e6)).bytes   # memory only: milliseconds
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ WARMUP_STEPS = 2
 BYTES_PER_FLOAT = 4  # float32
 OPTIMIZER_STATES = {"adam": 2, "sgd": 1}  # tensors the size of the weights (moments, momentum)
 CACHE_VERSION = 2  # 2: CPU seconds for one thread
+# Models (all K of a trial) up to this many parameters, 80 MB of float32, have their
+# activations counted in a real forward pass of one sample (milliseconds); larger ones
+# on the meta device only (no storage, but torch's first meta forward pass imports
+# torch._dynamo: about 2 s, once per process).
+REAL_PROBE_PARAMS = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class Phase:
     weights: int = 0  # parameters trained (all K models)
     optimizer_states: int = 1  # tensors the size of the weights kept by the optimizer
     activations: int = 0  # floats one training batch keeps for backward
+    eval_activations: int = 0  # floats one evaluation batch holds (every module's output: an upper bound)
+    extra_bytes: dict[str, int] = field(default_factory=dict)  # other memory by name, bytes (e.g. Hessians)
     flops: tuple[float, float] | None = None  # (per step, per eval batch) when not counted from torch
 
 
@@ -68,6 +81,21 @@ class Workload:
     phases: list[Phase]
     data_bytes: int = 0  # the dataset the trial holds (images as uint8, targets)
     models: int = 1  # models trained together (a pack's K)
+    # Config keys the trial's model is built from (a too-big model's error names where
+    # the spec sets them: sweeps/feasibility.py).
+    model_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A trial's memory at its peak (the largest of its phases'), bytes by part."""
+
+    parameters: int  # trained, all K models
+    parts: dict[str, int]  # weights, gradients, optimizer_state, activations, data, and phases' own
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.parts.values())
 
 
 @dataclass
@@ -121,11 +149,12 @@ def activation_floats(model: nn.Module, input_shape: Sequence[int], batch: int) 
             total += output[0].numel() * batch
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # meta: shapes only
     try:
         with torch.no_grad():
             was_training = model.training
             model.eval()
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=device))
             model.train(was_training)
     finally:
         for h in handles:
@@ -133,14 +162,45 @@ def activation_floats(model: nn.Module, input_shape: Sequence[int], batch: int) 
     return total
 
 
+def on_meta(build: Callable[[], list[nn.Module]]) -> list[nn.Module]:
+    """The models `build()` makes, on the meta device: shapes without storage, so
+    billions of parameters take milliseconds and no memory. Real ones when the meta
+    device cannot build them (e.g. a plugin's model that computes with its weights)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except Exception:  # noqa: BLE001 - any error of the model's own code: it is built as before
+        return build()
+
+
+def model_sizes(build: Callable[[], list[nn.Module]], input_shape: Sequence[int], identity: str) -> tuple[int, int, int]:
+    """(K, parameters of one model, activation floats of one sample through one model)
+    of the models `build()` makes (built on the meta device), `identity` naming their
+    architecture (engine_phase's name and shapes). The activations come from one
+    forward pass, once per architecture and process: of a real model up to
+    REAL_PROBE_PARAMS (faster than torch's first meta forward pass), else on the meta
+    device, so a huge model is never allocated."""
+    models = on_meta(build)
+    k, params = len(models), sum(p.numel() for p in models[0].parameters())
+    key = f"{identity}|params={params}"
+    if key not in _PER_SAMPLE:
+        probe = models[0] if params * k > REAL_PROBE_PARAMS else build()[0]
+        with torch.device(next((p.device for p in probe.parameters()), torch.device("cpu"))):  # what forward makes, too
+            _PER_SAMPLE[key] = activation_floats(probe, input_shape, 1)
+    return k, params, _PER_SAMPLE[key]
+
+
+# Activation floats of one sample by architecture (model_sizes): a grid's cells share
+# a few models, and one forward pass of a CNN takes tens of milliseconds on a laptop.
+_PER_SAMPLE: dict[str, int] = {}
+
+
 def engine_phase(name: str, build: Callable[[], list[nn.Module]], cfg: EngineConfig, input_shape: Sequence[int],
                  classes: int | None, steps: int, eval_samples: int) -> Phase:
     """A phase of `engine.fit`: `build()` makes the trial's model(s) (K > 1: packed),
     `cfg` the phase's engine config, `classes` None for a regression."""
     device = torch.device("cpu")
-    probe = build()
-    k = len(probe)
-    weights = sum(p.numel() for p in probe[0].parameters()) * k
+    k, params, per_sample = model_sizes(build, input_shape, f"{name}|in={tuple(input_shape)}|classes={classes}")
     batch = cfg.batch_size
     key = (f"{name}|in={tuple(input_shape)}|classes={classes}|k={k}|batch={batch}|eval={cfg.eval_batch_size}"
            f"|{cfg.optimizer}|{cfg.objective}|{cfg.criterion}|{cfg.l2_mode if cfg.weight_decay else 'no-l2'}")
@@ -166,9 +226,9 @@ def engine_phase(name: str, build: Callable[[], list[nn.Module]], cfg: EngineCon
         return lambda: models.evaluate(split, cfg.eval_batch_size)
 
     return Phase(key=key, steps=steps, eval_samples=eval_samples, eval_batch=cfg.eval_batch_size,
-                 make_step=make_step, make_eval=make_eval, weights=weights,
+                 make_step=make_step, make_eval=make_eval, weights=params * k,
                  optimizer_states=OPTIMIZER_STATES[cfg.optimizer] + (1 if cfg.objective == "grad_norm_sq" else 0),
-                 activations=activation_floats(probe[0], input_shape, batch) * k)
+                 activations=per_sample * batch * k, eval_activations=per_sample * cfg.eval_batch_size * k)
 
 
 def evaluations(cfg: EngineConfig, train_size: int) -> int:
@@ -181,6 +241,34 @@ def engine_steps(cfg: EngineConfig, train_size: int) -> int:
     """Optimizer steps of a full `engine.fit` (no early stop)."""
     per_epoch = -(-train_size // cfg.batch_size)
     return cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
+
+
+# ---------------------------------------------------------------------------
+# Memory
+
+
+def memory(workload: Workload) -> Memory:
+    """The trial's memory from its phases' sizes: nothing is built, timed or counted
+    here (the phases were sized when the workload was made). Each part is its largest
+    phase's (the phases run one after the other; parts of different phases summed: a
+    bound a little above the peak when phases differ)."""
+    phases = workload.phases
+    floats = {
+        "weights": max((p.weights for p in phases), default=0),
+        "gradients": max((p.weights for p in phases), default=0),  # every phase trains all its weights
+        "optimizer_state": max((p.weights * p.optimizer_states for p in phases), default=0),
+        # a training batch's outputs kept for backward, and their gradients; or an evaluation batch's
+        "activations": max((max(2 * p.activations, p.eval_activations) for p in phases), default=0),
+    }
+    parts = {name: n * BYTES_PER_FLOAT for name, n in floats.items()}
+    parts["data"] = workload.data_bytes
+    for name in dict.fromkeys(name for p in phases for name in p.extra_bytes):  # in order, once each
+        parts[name] = max(p.extra_bytes.get(name, 0) for p in phases)
+    return Memory(parameters=floats["weights"], parts=parts)
+
+
+# The parts `measure` (and `gensweep estimate`) show as one: what scales with the model.
+WEIGHT_PARTS = ("weights", "gradients", "optimizer_state")
 
 
 # ---------------------------------------------------------------------------
@@ -280,18 +368,16 @@ def measure(workload: Workload, threads: int = 1, budget_s: float = CALIBRATION_
             cache: dict | None = None) -> Cost:
     """A trial's seconds, FLOPs and memory (see the module docstring)."""
     seconds = train_flops = eval_flops = 0.0
-    weights = activations = 0
     for phase in workload.phases:
         c = calibrate(phase, threads, budget_s, cache)
         batches = -(-phase.eval_samples // phase.eval_batch) if phase.eval_samples else 0
         seconds += phase.steps * c.step_s + batches * c.eval_s
         train_flops += phase.steps * c.step_flops
         eval_flops += batches * c.eval_flops
-        weights = max(weights, phase.weights * (2 + phase.optimizer_states))  # weights, gradients, optimizer
-        activations = max(activations, phase.activations * 2)  # kept for backward, and their gradients
-    parts = {"weights_and_optimizer": weights * BYTES_PER_FLOAT, "activations": activations * BYTES_PER_FLOAT,
-             "data": workload.data_bytes}
-    return Cost(seconds=seconds, train_flops=train_flops, eval_flops=eval_flops, memory_bytes=sum(parts.values()),
+    mem = memory(workload)
+    parts = {"weights_and_optimizer": sum(mem.parts[name] for name in WEIGHT_PARTS),
+             **{name: n for name, n in mem.parts.items() if name not in WEIGHT_PARTS}}
+    return Cost(seconds=seconds, train_flops=train_flops, eval_flops=eval_flops, memory_bytes=mem.bytes,
                 models=workload.models, parts=parts)
 
 

@@ -342,10 +342,14 @@ def workload(configs: list[dict]):
         return lambda: analyse_many(models, splits["train"], [c.seed for c in cfgs], cfg.perturb_samples,
                                     cfg.perturb_radius)
 
-    analysis = cost.Phase(key=f"critical_points-analysis{cfg.hidden}|n={cfg.train_size}|k={len(cfgs)}"
+    fits = [ff.fit_phase(cfgs, train_cfg), ff.fit_phase(cfgs, gn_cfg)]
+    k, weights = len(cfgs), fits[0].weights  # all K models' parameters
+    # K float64 Hessians [P, P], and their stacked copy for eigvalsh: 2 x K x P^2 x 8 bytes
+    hessians = 2 * weights * (weights // k) * 8
+    analysis = cost.Phase(key=f"critical_points-analysis{cfg.hidden}|n={cfg.train_size}|k={k}"
                               f"|samples={cfg.perturb_samples}", steps=1, eval_samples=0, eval_batch=1,
-                          make_step=make_analysis, make_eval=None)
-    return cost.Workload([ff.fit_phase(cfgs, train_cfg), ff.fit_phase(cfgs, gn_cfg), analysis], models=len(cfgs))
+                          make_step=make_analysis, make_eval=None, extra_bytes={"hessians": hessians})
+    return cost.Workload([*fits, analysis], models=k, model_keys=ff.MODEL_KEYS)
 
 
 register_family(Family(name="critical_points", validate=validate, load_data=ff.load_data, train=train,

@@ -258,6 +258,10 @@ def train(config: dict, data: None) -> None:
     train_packed([config], None)
 
 
+# The config keys the network is built from (`hidden`, or `shape` scaled to `params`).
+MODEL_KEYS = ("hidden", "shape", "params", "activation")
+
+
 def fit_phase(cfgs: list[FunctionFitConfig], engine: EngineConfig, name: str = "regression_mlp"):
     """The cost model (trainables/cost.py) of one `engine.fit` of these configs' MLPs
     on their points, evaluated on the training points and the test grid."""
@@ -274,7 +278,7 @@ def workload(configs: list[dict]):
     from trainables import cost
 
     cfgs = [parse(FunctionFitConfig, c) for c in configs]
-    return cost.Workload([fit_phase(cfgs, engine_config(cfgs[0]))], models=len(cfgs))
+    return cost.Workload([fit_phase(cfgs, engine_config(cfgs[0]))], models=len(cfgs), model_keys=MODEL_KEYS)
 
 
 register_family(Family(name="function_fit", validate=validate, load_data=load_data, train=train,

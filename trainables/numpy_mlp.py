@@ -332,9 +332,11 @@ def workload(configs: list[dict]):
                        steps=-(-n_train // cfg.batch_size) * epochs, eval_samples=evals * n_eval,
                        eval_batch=cfg.eval_batch_size, make_step=make_step, make_eval=make_eval, weights=n_params,
                        optimizer_states=0, activations=cfg.batch_size * sum(sizes[1:]),
+                       eval_activations=cfg.eval_batch_size * sum(sizes[1:]),
                        flops=(3.0 * forward * cfg.batch_size, float(forward * cfg.eval_batch_size)))
     # float32 copies of the images (ArraySplit) on top of the uint8 dataset
-    return cost.Workload([phase], data_bytes=(info.train_count + info.test_count) * sizes[0] * 5)
+    return cost.Workload([phase], data_bytes=(info.train_count + info.test_count) * sizes[0] * 5,
+                         model_keys=("hidden", "activation"))
 
 
 register_family(Family(name="numpy_mlp", validate=validate, load_data=classifier.load_data, train=train,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from sweeps import tuneconfig
+from sweeps import studylock, tuneconfig
 from sweeps.planner import (
     check_study_dir, packs_for, plugin_changes, plan_study, resumed, study_dir_for, tracks_cells, trial_size, varying_keys,
 )
@@ -27,7 +27,8 @@ from sweeps.schema import Study, cell_id
 from sweeps.specyaml import SpecError
 from sweeps.workerenv import WORKER_ENV
 from trainables import storage
-from trainables.contract import ENDED, cell_statuses, expected_trials, require_record, write_record
+from trainables.contract import ENDED, cell_statuses, expected_trials, read_record, require_record, write_record
+from trainables.errors import UserError
 from trainables.families import get_family
 from trainables.tuning import study_progress
 
@@ -128,10 +129,33 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     scheduling with them); a resumed one keeps those it started with (see below).
     `report(local folder) -> summary`: writes the tables and figures (the CLI passes
     analysis.report.write_report); None: no report."""
-    from ray import tune
+    from sweeps import diskwatch  # imports Ray: here, so that `validate` does not
 
     folder = study_dir_for(study, results, fresh)
+    what = f"gensweep run {study.source}" + (f" --profile {study.profile}" if study.profile else "")
+    try:
+        with studylock.hold(folder, what=what):  # one writer per study: a second run stops here, changing nothing
+            return _run_held(study, folder, address=address, progress_every=progress_every, callbacks=callbacks,
+                             report=report, accept_plugin_change=accept_plugin_change)
+    except OSError as exc:
+        if not diskwatch.is_disk_error(exc):
+            raise
+        raise disk_stopped(study, folder, diskwatch.disk_problem(folder) or diskwatch.describe(exc),
+                           exc.filename) from None
+    finally:
+        diskwatch.forget(folder)
+
+
+def _run_held(study: Study, folder: Path | str, *, address: str | None, progress_every: float,
+              callbacks: list | None, report: ReportWriter | None, accept_plugin_change: bool) -> StudyOutcome:
+    """run_study's work, with the study's lock held."""
+    from ray import tune
+
+    from sweeps import diskwatch
+
     stored = check_study_dir(study, folder)
+    if (problem := diskwatch.probe(folder)) is not None:  # full or read-only before anything starts
+        raise UserError(f"{folder}: {problem}; free some space (or make it writable) and run the same command again")
     changes = plugin_changes(study, folder, stored, accept_plugin_change)
     data_started = time.monotonic()
     data = get_family(study.spec.family).load_data(study.cells)  # before Ray starts: a data error costs nothing
@@ -173,6 +197,8 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
     searcher = tuneconfig.searcher_for(study, plan.cells, folder) if study.spec.search and not plan.restore else None
     this_run = searcher.planned() if searcher is not None else len(plan.cells)
     printer = progress_printer(study, total if plan.restore or not plan.done else this_run, progress_every)
+    watch = diskwatch.DiskWatch(folder)
+    diskwatch.quiet_disk_errors()
     tune_path = storage.join(folder, plan.experiment) if storage.is_uri(folder) else str(Path(folder) / plan.experiment)
     if plan.restore:
         print(f"resuming {what} from {tune_path}", flush=True)
@@ -195,13 +221,36 @@ def run_study(study: Study, results: str | Path, *, address: str | None = None, 
             print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
         tuner = tune.Tuner(trainable, param_space=tuneconfig.param_space(study, plan.cells, packs),
                            tune_config=tuneconfig.tune_config(study, searcher),
-                           run_config=tuneconfig.run_config(study, folder, plan, [printer, *(callbacks or [])]))
-    grid = tuner.fit()
+                           run_config=tuneconfig.run_config(study, folder, plan, [printer, watch, *(callbacks or [])]))
+    try:
+        grid = tuner.fit()
+    except Exception as exc:  # e.g. Tune reading the error files a full disk cut short
+        if (problem := diskwatch.disk_problem(folder)) is None and not diskwatch.is_disk_error(exc):
+            raise
+        raise disk_stopped(study, folder, problem or diskwatch.describe(exc)) from None
+    if (problem := diskwatch.disk_problem(folder)) is not None:
+        raise disk_stopped(study, folder, problem)
     # Trials this run should end with: a grid's cells or packs (a restored experiment
     # lists all of its trials, and a tuned study's searcher decides as it goes, so
     # nothing to compare: `not_ended` reads what is left from the folder).
     expected = 0 if plan.restore or study.spec.search else len(packs if packs is not None else plan.cells)
     return _finish(study, folder, grid, expected, report)
+
+
+def disk_stopped(study: Study, folder: Path | str, problem: str, path: str | None = None) -> UserError:
+    """The one line a run ends with when its results folder filled up or became
+    read-only: which path, why, what is kept, and what to do."""
+    where = path if path and str(path).startswith(str(folder)) else folder
+    kept = ""
+    try:
+        record = read_record(folder)
+        if record is not None and not storage.is_uri(folder):
+            statuses = cell_statuses(Path(folder), record.get("cell_ids"))
+            kept = f"; {sum(s in ENDED for s in statuses.values())} of {expected_trials(record)} trials ended and are kept"
+    except (OSError, ValueError):  # reading is best effort: the line matters more than the count
+        pass
+    return UserError(f"{where}: {problem}; the study stopped{kept}; free some space (or make the folder writable) "
+                     f"and run the same command again to finish it")
 
 
 def _finish(study: Study, folder: Path | str, grid, total: int, report: ReportWriter | None) -> StudyOutcome:

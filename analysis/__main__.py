@@ -27,8 +27,7 @@ def summary(study: str, metrics: str | None = None) -> int:
     Markdown table (what docs/results.md quotes); 2 for a folder without results."""
     from pathlib import Path
 
-    import pandas as pd
-
+    from analysis.collect import read_table
     from analysis.report import summary_table
     from trainables.contract import TRIALS_FILE, require_record
     from trainables.errors import UserError
@@ -38,11 +37,11 @@ def summary(study: str, metrics: str | None = None) -> int:
         record = require_record(folder)
         if not (folder / TRIALS_FILE).is_file():
             raise UserError(f"{folder / TRIALS_FILE}: not written yet; run gensweep report {study} first")
+        trials = read_table(folder / TRIALS_FILE)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    table = summary_table(pd.read_parquet(folder / TRIALS_FILE), record, spread="ci95",
-                          metrics=metrics.split(",") if metrics else None)
+    table = summary_table(trials, record, spread="ci95", metrics=metrics.split(",") if metrics else None)
     print(markdown(table))
     return 0
 

@@ -106,16 +106,34 @@ def _cell_tables(cell: CellResult) -> tuple[pd.DataFrame | None, dict, pd.DataFr
     return frame, record, steps
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """One of a study's tables (history, trials, steps .parquet); a file cut short or
+    corrupted (a full disk, a copy that stopped) is a UserError naming it, with the
+    way to rebuild it: the tables are derived from the trial folders."""
+    from trainables.errors import UserError
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        if not Path(path).is_file():
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: unreadable, cut short or corrupted ({reason}); rebuild it from the trial folders: "
+                        f"gensweep report {Path(path).parent}") from None
+
+
 def last_model_state(folder: Path, trial_id: str, pack_id: str | None = None) -> dict | None:
-    """A trial's model weights (a module state_dict) from its last checkpoint, or None
-    when it has none. `pack_id` (trials.parquet's column): the cell trained in that
+    """A trial's model weights (a module state_dict) from its last whole checkpoint,
+    or None when it has none. `pack_id` (trials.parquet's column): the cell trained in that
     packed trial, whose checkpoint holds every member's weights stacked."""
-    from trainables.checkpoint import last_checkpoint, load_state
+    from trainables.checkpoint import good_checkpoint, load_state
 
     folders = trial_folders(Path(folder))
     packed = isinstance(pack_id, str) and pack_id in folders
     dirs = folders.get(pack_id if packed else trial_id, [])
-    state_file = last_checkpoint(dirs[-1]) if dirs else None
+    state_file, damaged = good_checkpoint(dirs[-1]) if dirs else (None, [])
+    for line in damaged:  # a damaged newest checkpoint: the newest whole one serves, and the user is told
+        print(f"{line}; {'using ' + state_file.parent.name if state_file else 'no weights for this trial'}", flush=True)
     if state_file is None:
         return None
     state = load_state(state_file)

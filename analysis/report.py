@@ -90,8 +90,11 @@ def _check_tuned_figure(fig: dict, where: str, spec: dict) -> None:
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # atomic
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)  # atomic: a reader sees the old table or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)  # a write cut short (a full disk) leaves no stray file
 
 
 def _varying(study: dict) -> list[str]:

@@ -29,7 +29,7 @@ from typing import NamedTuple
 from sweeps.schema import Study, cell_id
 from sweeps.specyaml import SpecError
 from trainables import storage
-from trainables.checkpoint import last_checkpoint
+from trainables.checkpoint import good_checkpoint
 from trainables.contract import (
     ENDED, PACK_KEY, RESUME_KEY, TUNE_DIR, cell_status, cell_statuses, next_experiment, read_cells, read_record,
     trial_folders,
@@ -169,9 +169,19 @@ def plan_grid(study: Study, folder: Path, stored: dict | None, can_restore) -> P
         folders = trial_folders(folder)
         cells = []
         for i, cell in todo:
-            checkpoint = last_checkpoint(folders[i][-1]) if i in folders else None
+            checkpoint = resume_point(folders[i][-1]) if i in folders else None
             cells.append({**cell, RESUME_KEY: str(checkpoint.parent)} if checkpoint else cell)
     return Plan(next_experiment(folder, [e["name"] for e in experiments]), False, cells, len(done))
+
+
+def resume_point(trial_dir: Path) -> Path | None:
+    """The newest whole checkpoint of a trial folder to continue from (None: start
+    over); says in one line which damaged ones it passed over (trainables.checkpoint.damage)."""
+    state, damaged = good_checkpoint(trial_dir)
+    for line in damaged:
+        then = f"continuing from {state.parent.name}" if state else "its cell starts over"
+        print(f"{line}; {then}", flush=True)
+    return state
 
 
 class Prior(NamedTuple):
@@ -201,7 +211,7 @@ def tuning_priors(study: Study, folder: Path | str, cell_ids: list[str]) -> dict
         if info.get("cell") not in out:
             continue
         status = cell_status(result)
-        checkpoint = last_checkpoint(result.trial_dir)
+        checkpoint = resume_point(result.trial_dir)
         out[info["cell"]].append(Prior(
             result.trial_id, info["role"], info.get("sample"), result.config.get("seed"),
             {k: result.config[k] for k in space if k in result.config}, status in ENDED,
@@ -277,7 +287,7 @@ def packs_for(study: Study, cells: list[dict], folder: Path | str) -> list[dict]
     packs = pack_cells(plain, [cell_id(study.spec.family, c) for c in plain], study.spec.pack)
     folders = {} if storage.is_uri(folder) or not Path(folder).exists() else trial_folders(Path(folder))
     for pack in packs:
-        state = last_checkpoint(folders[pack["id"]][-1]) if pack["id"] in folders else None
+        state = resume_point(folders[pack["id"]][-1]) if pack["id"] in folders else None
         if state is not None:
             pack["cells"] = [{**cell, RESUME_KEY: str(state.parent)} for cell in pack["cells"]]
     return packs

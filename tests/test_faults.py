@@ -507,3 +507,72 @@ def test_resume_after_ctrl_c_and_after_a_killed_driver_trains_nothing_twice(inte
     assert len(history) == 6 and not history.duplicated(["trial_id", "epoch"]).any()
     assert "driver-fault: 3 of 3 trials reported (3 ok)" in interrupted["final_output"]
     assert "Trials: 3 ok." in (folder / "report" / "index.html").read_text()
+
+
+# --- 6: a checkpoint damaged under a running study; its tables cut short afterwards ---------
+
+# Two identical cells side by side (the `run` label is not a training setting): the
+# victim's checkpoint gets a flipped byte (which torch.load alone would read as if
+# nothing happened), then its worker is killed, so Tune restores it from that file.
+DAMAGE_STUDY = """\
+fixed: {train_size: 12000, test_size: 200, batch_size: 32, epochs: 3, optimizer: sgd, model: cnn_small, channels: [8, 8], lr: 0.05}
+grid:
+  run: [{name: victim}, {name: reference}]
+max_failures: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("damaged")
+    spec = write_spec(tmp, "damaged", DAMAGE_STUDY)
+    folder = tmp / "results" / "damaged"
+    command = ("run", str(spec), "--results", str(tmp / "results"))
+    cli = Cli(*command, log=tmp / "run.log", env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 2}'})
+    try:
+        def first_checkpoint():
+            cli.watch()
+            name = by_run(folder).get("victim")
+            state = folder / "tune" / name / "checkpoint_000000" / "state.pt" if name else None
+            rows = result_rows(folder).get(name, []) if name else []
+            return (name, rows, state) if rows and state.exists() and len(rows) == 1 else None
+
+        name, rows, state = wait_until(first_checkpoint, 180, "the victim's first checkpoint", while_alive=cli)
+        data = bytearray(state.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        state.write_bytes(bytes(data))
+        os.kill(rows[0]["pid"], signal.SIGKILL)
+        code = cli.wait(240)
+    finally:
+        cli.cleanup()
+    tables = {table: pd.read_parquet(folder / table) for table in ("history.parquet", "trials.parquet")}
+    for table in tables:  # a copy or a full disk cut them short
+        path = folder / table
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    rerun = subprocess.run([sys.executable, "-m", "sweeps", *command], cwd=REPO, capture_output=True, text=True,
+                           timeout=240)
+    return {"folder": folder, "code": code, "output": cli.output(), "victim": name, "tables": tables, "rerun": rerun}
+
+
+def test_a_damaged_checkpoint_is_found_and_its_trial_starts_over_without_doubled_rows(damaged):
+    output = damaged["output"]
+    assert damaged["code"] == 0, output[-3000:]
+    lines = [line for line in output.splitlines() if "is damaged" in line]
+    assert len(lines) == 1 and re.search(r"checkpoint checkpoint_000000 is damaged \(.*state\.pt: record .* fails its "
+                                         r"CRC check \(corrupted\)\); the trial starts over from step 0", lines[0]), lines
+    history = pd.read_parquet(damaged["folder"] / "history.parquet")
+    runs = {run: history[history["run"] == run].reset_index(drop=True) for run in ("victim", "reference")}
+    assert runs["victim"]["epoch"].tolist() == [1, 2, 3]  # the abandoned attempt's epoch 1 is not doubled
+    assert "started_over" not in history.columns
+    # Started over from step 0 with the same config and seed: it ends exactly like the reference
+    # (resuming from the flipped weights would not).
+    pd.testing.assert_frame_equal(runs["victim"][["epoch", *EXACT]], runs["reference"][["epoch", *EXACT]],
+                                  check_exact=True)
+
+
+def test_tables_cut_short_are_rebuilt_by_the_same_command(damaged):
+    rerun = damaged["rerun"]
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "damaged: all 2 trials are done; rebuilding the report" in rerun.stdout
+    for table, before in damaged["tables"].items():
+        pd.testing.assert_frame_equal(pd.read_parquet(damaged["folder"] / table), before)

@@ -60,9 +60,13 @@ CONTRACT_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "gap_acc
 # Per-trial facts the trial reports with every row; they go to trials.parquet.
 TRIAL_FACTS = ["n_params", "device", "gpu_name", "gpu_ids", "hostname", "node_id", "num_threads",
                "pack_id", "pack_size", "plugin_sha256"]
-# Tune's own bookkeeping keys in a report (not metrics).
-TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "done", "training_iteration", "date", "time_this_iter_s",
-                       "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
+# In the first report of a trial that trained again from the start because its
+# checkpoint was damaged (trainables.trial.restored_state).
+STARTED_OVER_KEY = "started_over"
+
+# Bookkeeping keys in a report, Tune's and ours (not metrics; left out of the tables).
+TUNE_KEYS = frozenset({STARTED_OVER_KEY, "timestamp", "checkpoint_dir_name", "done", "training_iteration", "date",
+                       "time_this_iter_s", "time_total_s", "pid", "node_ip", "time_since_restore", "iterations_since_restore", "config",
                        "should_checkpoint", "trial_id"})
 # A report's `status`: "running" until the last one, which says "ok" or "diverged".
 # Readers add "error" (failed out of retries) and "incomplete" (no last report yet).
@@ -280,7 +284,11 @@ def trial_reports(trial_dirs: Sequence[Path]) -> list[dict]:
     parts = []
     for trial_dir in trial_dirs:
         by_iteration: dict = {}
-        for row in read_rows(Path(trial_dir) / RESULT_FILE):
+        rows = read_rows(Path(trial_dir) / RESULT_FILE)
+        # A trial whose checkpoint was damaged trained again from the start (its first
+        # report then says STARTED_OVER_KEY): the abandoned attempt's rows are dropped.
+        starts = [i for i, row in enumerate(rows) if row.get(STARTED_OVER_KEY)]
+        for row in rows[starts[-1]:] if starts else rows:
             by_iteration[row.get("training_iteration")] = row
         if by_iteration:
             parts.append([by_iteration[k] for k in sorted(by_iteration, key=lambda i: (i is None, i or 0))])

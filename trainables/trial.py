@@ -12,10 +12,15 @@ from typing import Mapping
 
 import torch
 
-from trainables.checkpoint import load_state, save_state
-from trainables.contract import Report, RESUME_KEY
+from trainables.checkpoint import CheckpointError, load_state, save_state
+from trainables.contract import Report, RESUME_KEY, STARTED_OVER_KEY
 
 log = logging.getLogger("gensweep.trial")
+
+# Set by restored_state when this trial's checkpoint was damaged and it trains from
+# the start; the trial's next report carries STARTED_OVER_KEY. (One trial at a time
+# runs in a worker process.)
+_started_over = False
 
 
 def trial_device() -> tuple[torch.device, dict]:
@@ -63,13 +68,24 @@ def restored_state(config: Mapping) -> dict | None:
     else None."""
     from ray import tune
 
+    global _started_over
+    _started_over = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is None and config.get(RESUME_KEY):
         checkpoint = tune.Checkpoint(config[RESUME_KEY])
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return load_state(Path(folder))
+        try:
+            return load_state(Path(folder))
+        except CheckpointError as exc:
+            # Tune keeps one checkpoint per trial: with that one damaged, the trial
+            # trains from the start, and its reports say so (STARTED_OVER_KEY) so
+            # that the rows of the abandoned attempt are dropped, not doubled.
+            name = Path(checkpoint.path).name
+            print(f"checkpoint {name} is damaged ({exc}); the trial starts over from step 0", flush=True)
+            _started_over = True
+            return None
 
 
 def tune_reporter(extra: dict) -> Report:
@@ -84,7 +100,11 @@ def tune_reporter(extra: dict) -> Report:
         extra = {**extra, "plugin_sha256": plugins.provenance()}
 
     def report(metrics: dict, state: dict | None) -> None:
+        global _started_over
         metrics = {**metrics, **extra}
+        if _started_over:  # the first report after a damaged checkpoint (restored_state)
+            metrics[STARTED_OVER_KEY] = True
+            _started_over = False
         if state is None:
             tune.report(metrics)
             return

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.collect import read_table
 from analysis.figures import label, log_axis, register_figure, save_figure
 from analysis.studies.errors import as_matrix, model_keys
 
@@ -117,7 +118,7 @@ def read_steps(study_dir: Path) -> pd.DataFrame:
     """steps.parquet of a study (written by the report beside history.parquet), or an
     empty frame when the study logged no steps."""
     path = Path(study_dir) / "steps.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    return read_table(path) if path.exists() else pd.DataFrame()
 
 
 def running_mean(values: np.ndarray, window: int) -> np.ndarray:

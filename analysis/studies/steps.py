@@ -32,6 +32,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.collect import read_table
 from analysis.figures import label, log_axis, register_figure, save_figure
 
 STEPS_FILE = "steps.parquet"
@@ -43,7 +44,7 @@ def read_steps(study_folder: Path, trials: pd.DataFrame) -> pd.DataFrame:
     path = Path(study_folder) / STEPS_FILE
     if not path.exists() or trials.empty:
         return pd.DataFrame()
-    steps = pd.read_parquet(path)
+    steps = read_table(path)
     ok_ids = set(trials.loc[trials["status"] == "ok", "trial_id"])
     return steps[steps["trial_id"].isin(ok_ids)]
 

@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "memory": _lazy("memory"),  # 5. trial RSS above an idle worker
     "packing": _lazy("packing"),  # 6. packed trials vs one model per trial
     "tiny": _lazy("tiny"),  # 7. packed tiny models (minimal_ratio, function_fit)
+    "many": _lazy("many"),  # 8. 1,000 short trials: wall vs ideal, driver memory
 }
 
 EXPERIMENTS: dict[str, Benchmark] = {

@@ -114,6 +114,17 @@ def trial_resources(study: Study) -> dict:
     return {"cpu": study.spec.resources.cpu, "gpu": float(wanted)}
 
 
+def largest_node_memory() -> int | None:
+    """Bytes of memory of the cluster's largest live node (Ray's `memory` resource,
+    which is the node's memory less its object store, plus the object store: what
+    the node's processes share); None when Ray does not say."""
+    import ray
+
+    sizes = [node["Resources"].get("memory", 0) + node["Resources"].get("object_store_memory", 0)
+             for node in ray.nodes() if node.get("Alive")]
+    return int(max(sizes)) if sizes and max(sizes) > 0 else None
+
+
 class StudyOutcome(NamedTuple):
     folder: Path | str
     exit_code: int  # 0: every trial ended (ok or diverged); see EXIT_* for the others
@@ -184,6 +195,10 @@ def _run_held(study: Study, folder: Path | str, *, address: str | None, progress
         return _finish(study, folder, None, total, report)
     init_ray(address)
     resources = trial_resources(study)  # refuses a GPU share the cluster cannot give
+    if address is not None or os.environ.get("RAY_ADDRESS"):  # a cluster's nodes, not this machine (checked at load)
+        from sweeps.feasibility import check_memory
+
+        check_memory(study, host_bytes=largest_node_memory(), machine="the cluster's largest node")
     write_record(folder, record)
     packs = packs_for(study, plan.cells, folder) if study.spec.pack > 1 and not plan.restore else None
     each = f"{resources['cpu']:g} CPU" + (f" + {resources['gpu']:g} GPU" if resources["gpu"] else "") + " each"
@@ -219,8 +234,8 @@ def _run_held(study: Study, folder: Path | str, *, address: str | None, progress
                       f"-> {tune_path}", flush=True)
         else:
             print(f"starting {what} -> {folder} (data loaded in {data_seconds:.1f} s)", flush=True)
-        tuner = tune.Tuner(trainable, param_space=tuneconfig.param_space(study, plan.cells, packs),
-                           tune_config=tuneconfig.tune_config(study, searcher),
+        grid = None if study.spec.search else (packs if packs is not None else plan.cells)
+        tuner = tune.Tuner(trainable, tune_config=tuneconfig.tune_config(study, searcher, grid),
                            run_config=tuneconfig.run_config(study, folder, plan, [printer, watch, *(callbacks or [])]))
     try:
         grid = tuner.fit()

@@ -41,18 +41,6 @@ def run_trial(config: dict, family: str, data, plugins: list | None = None) -> N
     get_family(family).train(flat_config(config), data)
 
 
-def param_space(study: Study, cells: list[dict], packs: list[dict] | None = None) -> dict:
-    """Tune's param space: the grid's cells or packs; empty for a tuned study, whose
-    searcher (sweeps.cellsearch) proposes every trial's whole config."""
-    from ray import tune
-
-    if packs is not None:
-        return {PACK_KEY: tune.grid_search(packs)}
-    if study.spec.search is None:
-        return {CELL_KEY: tune.grid_search(cells)}
-    return {}
-
-
 def metric_of(study: Study) -> str:
     """The metric a search or scheduler optimizes and the progress lines show."""
     if study.spec.search and study.spec.search.metric:
@@ -83,12 +71,20 @@ def searcher_for(study: Study, cells: list[dict], folder: Path | str):
                       study.spec.seeds)
 
 
-def tune_config(study: Study, searcher=None):
-    """`searcher`: a tuned study's (searcher_for); None for a grid."""
+def tune_config(study: Study, searcher=None, grid: list[dict] | None = None):
+    """`searcher`: a tuned study's (searcher_for); for a grid, `grid` lists its trials
+    (cells, or packs: `{"cells", "ids", "id"}`), which sweeps.gridorder proposes in
+    order. The param space is empty either way: the searcher gives every trial's config."""
+    import ray
     from ray import tune
 
     spec = study.spec
     name = functools.partial(cell_trial_id, spec.family)
+    if searcher is None and grid is not None:
+        from sweeps.gridorder import GridOrder
+
+        packed = bool(grid) and "ids" in grid[0]
+        searcher = GridOrder(PACK_KEY if packed else CELL_KEY, grid)
     kwargs: dict = dict(
         num_samples=searcher.planned() if searcher is not None else 1,
         trial_dirname_creator=name,
@@ -104,7 +100,10 @@ def tune_config(study: Study, searcher=None):
         kwargs.update(metric=metric_of(study), mode=spec.search.mode if spec.search else "max")
     if searcher is not None:
         kwargs["search_alg"] = searcher
-        kwargs["max_concurrent_trials"] = spec.search.max_concurrent
+        # A grid: trials waiting for a CPU as Tune's grid_search keeps them (at least
+        # 200, or 1.1 per CPU of the cluster), not the one at a time of a searcher.
+        cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else 1
+        kwargs["max_concurrent_trials"] = spec.search.max_concurrent if spec.search else max(200, int(cpus * 1.1))
     if spec.scheduler:
         asha = dict(time_attr="epoch", max_t=max(c["epochs"] for c in study.cells),
                     grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
@@ -120,6 +119,11 @@ def tune_config(study: Study, searcher=None):
 
 
 def run_config(study: Study, folder: Path | str, plan: Plan, callbacks: list):
+    """One checkpoint kept per trial (`num_to_keep=1`). Tune then snapshots the
+    experiment, and copies the trials' result rows into the study folder, at every
+    trial checkpoint: what makes a resume exact (rows and checkpoints agree) and lets
+    `gensweep status` and the tests read progress as it happens. Its cost grows with
+    trials x checkpoints (benchmark 8, bench/many.py; ray#11233)."""
     from ray import tune
 
     return tune.RunConfig(
@@ -142,3 +146,4 @@ def trainable(study: Study, data, resources: dict):
 
     return tune.with_resources(tune.with_parameters(run_trial, family=study.spec.family, data=data,
                                                     plugins=list(study.plugins)), resources)
+

@@ -129,7 +129,7 @@ def test_render_has_a_row_per_figure():
 
 
 def test_registry_names_are_distinct_and_callable():
-    assert list(BENCHMARKS) == ["datapath", "flops", "overhead", "scaling", "memory", "packing", "tiny"]
+    assert list(BENCHMARKS) == ["datapath", "flops", "overhead", "scaling", "memory", "packing", "tiny", "many"]
     assert not set(BENCHMARKS) & set(EXPERIMENTS)
     assert all(callable(run) for run in {**BENCHMARKS, **EXPERIMENTS}.values())
 

@@ -18,6 +18,7 @@ every layer may import this module.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -385,15 +386,33 @@ def tune_trial_status(trial_dir: Path) -> str | None:
     trial_dir = Path(trial_dir)
     for state_file in sorted(trial_dir.parent.glob("experiment_state-*.json"), reverse=True):
         try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
+            stat = state_file.stat()
+        except OSError:
             continue
-        for entry in state.get("trial_data", []):
-            try:
-                meta = json.loads(entry[1]) if isinstance(entry, list) else entry
-                trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-            except (TypeError, ValueError):
-                continue
-            if trial_dir.name in (trial.get("relative_logdir"), trial.get("trial_id")):
-                return meta.get("status", trial.get("status"))
+        statuses = _experiment_statuses(str(state_file), stat.st_mtime_ns, stat.st_size)
+        if trial_dir.name in statuses:
+            return statuses[trial_dir.name]
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _experiment_statuses(state_file: str, mtime_ns: int, size: int) -> dict[str, str]:
+    """Trial folder name (and trial id) -> status, from one experiment state file;
+    read once per version of the file (its mtime and size are in the key): the state
+    of 1,000 trials is tens of MB, and every trial's status is asked."""
+    try:
+        state = json.loads(Path(state_file).read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, str] = {}
+    for entry in state.get("trial_data", []):
+        try:
+            meta = json.loads(entry[1]) if isinstance(entry, list) else entry
+            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+        except (TypeError, ValueError):
+            continue
+        status = meta.get("status", trial.get("status"))
+        for name in (trial.get("relative_logdir"), trial.get("trial_id")):
+            if name:
+                out.setdefault(name, status)
+    return out

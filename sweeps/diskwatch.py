@@ -43,7 +43,8 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUO
 DISK_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded", "errno 28", "Errno 28",
               "Errno 30", "errno 30")
 
-STOP_WORDS = "Stop signal received"
+# What Tune logs about a stop: the signal, and the trials it left pending (the run's line says it).
+STOP_WORDS = ("Stop signal received", "Trials did not complete")
 
 # Problems found in this process, by study folder: a restored experiment's watch
 # comes back from Tune's pickle as another object, so what it finds lands here.
@@ -150,7 +151,7 @@ class _DiskNoise(logging.Filter):
         text = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             text += str(record.exc_info[1])
-        if _found and STOP_WORDS in text:  # Tune's note on the stop signal the watch sent
+        if _found and any(words in text for words in STOP_WORDS):  # Tune's notes on the stop the watch made
             return False
         return not any(word in text for word in DISK_WORDS)
 
@@ -163,3 +164,4 @@ def quiet_disk_errors() -> None:
     for handler in {h for logger in loggers for h in logger.handlers}:
         if not any(isinstance(f, _DiskNoise) for f in handler.filters):
             handler.addFilter(_DiskNoise())
+

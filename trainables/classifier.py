@@ -108,6 +108,15 @@ _PROBE_BATCH = 2
 
 
 @lru_cache(maxsize=256)
+def _sized(net: torch.nn.Module) -> int:
+    """Parameters of a model built on the meta device; 0 for one with lazy modules
+    (nn.LazyLinear: sized at its first forward pass), which is then built for real."""
+    try:
+        return count_params(net)
+    except ValueError:  # "Attempted to use an uninitialized parameter"
+        return 0
+
+
 def check_forward(builder, model: str, args_json: str, input_shape: tuple[int, int, int], num_classes: int) -> None:
     """Build the model for the dataset and run one forward pass on a tiny batch of
     zeros, so a model that does not fit the dataset's shape (a plugin's, or a
@@ -125,7 +134,7 @@ def check_forward(builder, model: str, args_json: str, input_shape: tuple[int, i
         # A model too big to build here (sweeps/feasibility.py refuses it with its
         # numbers) is checked on the meta device: shapes only, nothing allocated.
         net = cost.on_meta(lambda: [build()])[0]
-        if count_params(net) <= cost.REAL_PROBE_PARAMS:
+        if _sized(net) <= cost.REAL_PROBE_PARAMS:
             net = build()  # a real forward pass also runs what the meta device cannot (values)
         net.eval()
         with torch.no_grad(), torch.device(next((p.device for p in net.parameters()), torch.device("cpu"))):

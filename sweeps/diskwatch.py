@@ -71,7 +71,8 @@ def probe(folder: Path | str) -> str | None:
             os.close(fd)
         path.unlink()
     except OSError as exc:
-        path.unlink(missing_ok=True) if exc.errno != errno.EROFS else None
+        if exc.errno != errno.EROFS:  # a file half-written before the disk filled
+            path.unlink(missing_ok=True)
         return describe(exc)
     return None
 
@@ -98,9 +99,9 @@ def is_disk_error(exc: BaseException) -> bool:
     return False
 
 
-def disk_problem(folder: Path | str, check: bool = True) -> str | None:
-    """What stopped the study in `folder`, if its disk did; `check`: also probe now."""
-    return _found.get(str(folder)) or (probe(folder) if check else None)
+def disk_problem(folder: Path | str) -> str | None:
+    """What stopped the study in `folder`, if its disk did (found by a watch, or now)."""
+    return _found.get(str(folder)) or probe(folder)
 
 
 def forget(folder: Path | str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -78,13 +77,7 @@ def check_study_dir(study: Study, folder: Path | str) -> dict | None:
                 f"use --fresh to start a new study beside it, or --results to put it elsewhere"
             )
     if not storage.is_uri(folder):
-        probe = Path(folder)
-        while not probe.exists():
-            probe = probe.parent
-        if not probe.is_dir():
-            raise SpecError(f"{probe}: not a folder; --results (or the spec's storage) names the folder that holds study folders")
-        if not os.access(probe, os.W_OK):
-            raise SpecError(f"{probe}: results folder is not writable")
+        storage.writable_ancestor(Path(folder))
     return stored
 
 

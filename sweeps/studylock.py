@@ -202,17 +202,12 @@ def holder(folder: Path | str) -> dict | None:
 
 def _make_dirs(folder: Path) -> list[Path]:
     """Create `folder` and missing parents; returns those created, outermost first.
-    An unusable parent is the same UserError the planner gives for it."""
-    missing = []
+    An unusable parent is refused as the planner refuses it (storage.writable_ancestor)."""
+    existing, missing = storage.writable_ancestor(folder), []
     probe = folder
-    while not probe.exists():
+    while probe != existing:
         missing.append(probe)
         probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{probe}: not a folder; --results (or the spec's storage) names the folder that holds "
-                        f"study folders")
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"{probe}: results folder is not writable")
     created = []
     for path in reversed(missing):
         try:

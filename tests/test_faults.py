@@ -289,22 +289,32 @@ max_failures: 2
 """
 
 
+def side_by_side(tmp: Path, name: str, body: str) -> tuple[Path, tuple[str, ...], Cli]:
+    """Start study `name` (spec `body`) through the CLI with two CPUs for Ray whatever
+    the machine has, so that two cells run side by side: (its folder, the command, the run)."""
+    spec = write_spec(tmp, name, body)
+    command = ("run", str(spec), "--results", str(tmp / "results"))
+    return tmp / "results" / name, command, Cli(*command, log=tmp / "run.log", env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 2}'})
+
+
+def when_reported(cli: Cli, folder: Path, run: str, ready: Callable[[str, list[dict]], bool], what: str):
+    """Wait until the trial of variant `run` has rows for which `ready(name, rows)`;
+    returns (its trial folder name, its rows)."""
+    def probe():
+        cli.watch()
+        name = by_run(folder).get(run)
+        rows = result_rows(folder).get(name, []) if name else []
+        return (name, rows) if rows and ready(name, rows) else None
+
+    return wait_until(probe, 180, what, while_alive=cli)
+
+
 @pytest.fixture(scope="module")
 def worker_killed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("worker")
-    spec = write_spec(tmp, "worker-fault", WORKER_STUDY)
-    folder = tmp / "results" / "worker-fault"
-    # Two CPUs for Ray whatever the machine has: killed and reference run side by side.
-    cli = Cli("run", str(spec), "--results", str(tmp / "results"), log=tmp / "run.log",
-              env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 2}'})
+    folder, _, cli = side_by_side(tmp, "worker-fault", WORKER_STUDY)  # killed and reference side by side
     try:
-        def first_report():
-            cli.watch()
-            name = by_run(folder).get("killed")
-            rows = result_rows(folder).get(name, []) if name else []
-            return (name, rows) if rows else None
-
-        name, rows = wait_until(first_report, 180, "the first report of the trial to kill", while_alive=cli)
+        name, rows = when_reported(cli, folder, "killed", lambda name, rows: True, "the first report of the trial to kill")
         # Into the next epoch, then kill the trial's worker process (the Ray actor running it).
         time.sleep(0.3 * rows[0]["time_s"])
         reported = len(result_rows(folder)[name])
@@ -525,19 +535,14 @@ max_failures: 2
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("damaged")
-    spec = write_spec(tmp, "damaged", DAMAGE_STUDY)
-    folder = tmp / "results" / "damaged"
-    command = ("run", str(spec), "--results", str(tmp / "results"))
-    cli = Cli(*command, log=tmp / "run.log", env={"RAY_OVERRIDE_RESOURCES": '{"CPU": 2}'})
+    folder, command, cli = side_by_side(tmp, "damaged", DAMAGE_STUDY)
     try:
-        def first_checkpoint():
-            cli.watch()
-            name = by_run(folder).get("victim")
-            state = folder / "tune" / name / "checkpoint_000000" / "state.pt" if name else None
-            rows = result_rows(folder).get(name, []) if name else []
-            return (name, rows, state) if rows and state.exists() and len(rows) == 1 else None
+        def state_of(name: str) -> Path:
+            return folder / "tune" / name / "checkpoint_000000" / "state.pt"
 
-        name, rows, state = wait_until(first_checkpoint, 180, "the victim's first checkpoint", while_alive=cli)
+        name, rows = when_reported(cli, folder, "victim", lambda name, rows: len(rows) == 1 and state_of(name).exists(),
+                              "the victim's first checkpoint")
+        state = state_of(name)
         data = bytearray(state.read_bytes())
         data[len(data) // 2] ^= 0xFF
         state.write_bytes(bytes(data))

@@ -30,6 +30,21 @@ def join(location: str, *parts: str) -> str:
     return "/".join([str(location).rstrip("/"), *parts])
 
 
+def writable_ancestor(path: Path) -> Path:
+    """The nearest existing folder at or above a local `path` (a study folder may not
+    exist yet); refuses, in one line, one that is a file or cannot be written: the
+    folder that holds study folders must take new ones."""
+    probe = Path(path)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{probe}: not a folder; --results (or the spec's storage) names the folder that holds "
+                        f"study folders")
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"{probe}: results folder is not writable")
+    return probe
+
+
 def _filesystem(uri: str):
     import pyarrow.fs as pafs
 
